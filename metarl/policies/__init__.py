@@ -1,0 +1,19 @@
+"""Policies: torch modules for the learner, numpy twins for rollout workers."""
+
+from metarl.policies.gaussian_mlp import (
+    GaussianMLPPolicy,
+    MLPSpec,
+    gaussian_log_prob,
+    numpy_mean,
+    params_to_numpy,
+    stack_numpy_params,
+)
+
+__all__ = [
+    "GaussianMLPPolicy",
+    "MLPSpec",
+    "gaussian_log_prob",
+    "numpy_mean",
+    "params_to_numpy",
+    "stack_numpy_params",
+]
