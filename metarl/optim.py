@@ -1,0 +1,235 @@
+"""Second-order optimisation pieces for TRPO-style updates: pure functions.
+
+Flat gradients, Hessian-vector products (through a differentiable inner
+update, as MAML-TRPO needs), conjugate gradient and a backtracking line search
+that restores the old parameters exactly when no step is accepted.
+Follows pytorch-maml-rl (``maml_rl/utils/optimization.py``,
+``maml_rl/metalearners/maml_trpo.py``).
+
+All vectors are flat 1-D tensors laid out like
+``torch.nn.utils.parameters_to_vector(params)``: each parameter flattened, in
+the order given, concatenated.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+from torch.nn.utils import parameters_to_vector
+
+__all__ = [
+    "LineSearchResult",
+    "backtracking_line_search",
+    "conjugate_gradient",
+    "flat_grad",
+    "make_hvp",
+]
+
+
+def _flatten(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor:
+    """Concatenate flattened grads; a ``None`` (param unused) becomes zeros."""
+    return torch.cat(
+        [
+            (torch.zeros_like(p) if g is None else g).reshape(-1)
+            for g, p in zip(grads, params, strict=True)
+        ]
+    )
+
+
+def flat_grad(
+    output: Tensor,
+    params: Sequence[Tensor],
+    *,
+    retain_graph: bool = False,
+    create_graph: bool = False,
+) -> Tensor:
+    """Gradient of the scalar ``output`` w.r.t. ``params`` as one flat vector.
+
+    Parameters that do not affect ``output`` get zeros.
+
+    Returns:
+        ``[sum(p.numel() for p in params)]``.
+    """
+    params = list(params)
+    grads = torch.autograd.grad(
+        output,
+        params,
+        retain_graph=retain_graph,
+        create_graph=create_graph,
+        allow_unused=True,
+    )
+    return _flatten(grads, params)
+
+
+def make_hvp(
+    scalar: Tensor, params: Sequence[Tensor], damping: float = 0.0
+) -> Callable[[Tensor], Tensor]:
+    """Return ``v -> (H + damping * I) v`` for ``H`` the Hessian of ``scalar`` w.r.t. ``params``.
+
+    The first gradient is taken once here with ``create_graph=True``; each call
+    differentiates ``grad . v`` once more (``retain_graph=True``, so the returned
+    function can be called many times, e.g. by :func:`conjugate_gradient`). The
+    graph of ``scalar`` may run through a differentiable inner update, e.g. the
+    KL of a policy adapted with ``create_graph=True`` in MAML-TRPO.
+
+    Args:
+        scalar: 0-d tensor depending on ``params``.
+        params: tensors requiring grad.
+        damping: added multiple of the identity (keeps CG well posed).
+    Returns:
+        A function from a flat ``[P]`` vector to a detached flat ``[P]`` vector.
+    """
+    params = list(params)
+    grad = flat_grad(scalar, params, retain_graph=True, create_graph=True)
+
+    def hvp(v: Tensor) -> Tensor:
+        # v is data, not something to differentiate through: detach it so CG
+        # iterates do not grow the graph.
+        v = v.detach().to(grad.dtype)
+        grad_v = torch.dot(grad, v)
+        if grad_v.requires_grad:
+            hv = flat_grad(grad_v, params, retain_graph=True)
+        else:
+            # The gradient does not depend on params (scalar is at most linear): H = 0.
+            hv = torch.zeros_like(v)
+        return hv.detach() + damping * v
+
+    return hvp
+
+
+def conjugate_gradient(
+    matvec: Callable[[Tensor], Tensor],
+    b: Tensor,
+    iters: int = 10,
+    residual_tol: float = 1e-10,
+) -> Tensor:
+    """Approximately solve ``A x = b`` for a symmetric positive-definite ``A``.
+
+    Starts from ``x = 0`` and stops after ``iters`` matvecs or once the squared
+    residual norm ``r . r`` falls below ``residual_tol``. If a search direction
+    shows non-positive curvature (``p . A p <= 0``, which rounding can cause for
+    an undamped Fisher), it stops and returns the current iterate, which is
+    still a descent direction for the quadratic model.
+
+    Args:
+        matvec: ``v -> A v`` on flat ``[P]`` tensors.
+        b: ``[P]``.
+    Returns:
+        ``x`` ``[P]``, detached, dtype of ``b``.
+    """
+    b = b.detach()
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = b.clone()
+    rdotr = torch.dot(r, r)
+    for _ in range(iters):
+        if rdotr.item() < residual_tol:
+            break
+        z = matvec(p).detach()
+        pz = torch.dot(p, z)
+        if not (pz.item() > 0 and math.isfinite(pz.item())):
+            break
+        alpha = rdotr / pz
+        x = x + alpha * p
+        r = r - alpha * z
+        new_rdotr = torch.dot(r, r)
+        p = r + (new_rdotr / rdotr) * p
+        rdotr = new_rdotr
+    return x
+
+
+@dataclass(frozen=True)
+class LineSearchResult:
+    """Outcome of :func:`backtracking_line_search`.
+
+    Attributes:
+        accepted: whether a step was accepted (else the old parameters are back).
+        step_fraction: ``backtrack_ratio ** k`` of the accepted step; 0.0 if rejected.
+        n_tries: how many times ``evaluate`` was called.
+        loss: loss at the accepted step, or ``old_loss`` if rejected.
+        kl: KL at the accepted step, or 0.0 if rejected.
+    """
+
+    accepted: bool
+    step_fraction: float
+    n_tries: int
+    loss: float
+    kl: float
+
+
+def _write_flat(vec: Tensor, params: Sequence[Tensor]) -> None:
+    """Copy slices of ``vec`` into ``params`` in place (same storage, same objects).
+
+    In-place ``copy_`` rather than ``vector_to_parameters``, which rebinds each
+    ``param.data`` to a view of ``vec``: here every parameter keeps its own
+    storage, so anything holding it (an optimiser's state, a shared module)
+    sees the update, and restoring the saved vector is bitwise exact.
+    """
+    offset = 0
+    with torch.no_grad():
+        for p in params:
+            n = p.numel()
+            p.copy_(vec[offset : offset + n].view_as(p))
+            offset += n
+
+
+def backtracking_line_search(
+    params: Sequence[torch.nn.Parameter],
+    full_step: Tensor,
+    evaluate: Callable[[], tuple[float, float]],
+    *,
+    old_loss: float,
+    max_kl: float,
+    max_backtracks: int = 15,
+    backtrack_ratio: float = 0.5,
+) -> LineSearchResult:
+    """Try ``params_old + backtrack_ratio**k * full_step`` for k = 0 .. max_backtracks-1.
+
+    The parameters are changed in place before each call to ``evaluate()``,
+    which returns ``(loss, kl)`` for the current parameters (it may use autograd,
+    e.g. to adapt in MAML-TRPO; it is not run under ``no_grad``). The first try
+    with ``loss < old_loss``, ``kl <= max_kl`` and both finite is kept. If none
+    is, the old parameters are restored bitwise and ``accepted`` is False.
+
+    Args:
+        params: the parameters to update, in the layout of ``full_step``.
+        full_step: ``[P]`` flat step (e.g. the scaled natural gradient).
+        evaluate: returns ``(loss, kl)`` as floats (0-d tensors are accepted).
+        old_loss: loss at the old parameters.
+        max_kl: trust-region size.
+        max_backtracks: number of tries (>= 1).
+        backtrack_ratio: step shrink factor in (0, 1).
+    """
+    params = list(params)
+    n_params = sum(p.numel() for p in params)
+    if full_step.dim() != 1 or full_step.numel() != n_params:
+        raise ValueError(
+            f"full_step must be a flat vector of {n_params} entries, got {tuple(full_step.shape)}"
+        )
+    if max_backtracks < 1:
+        raise ValueError(f"max_backtracks must be >= 1, got {max_backtracks}")
+    if not 0.0 < backtrack_ratio < 1.0:
+        raise ValueError(f"backtrack_ratio must be in (0, 1), got {backtrack_ratio}")
+
+    old = parameters_to_vector(params).detach().clone()
+    step = full_step.detach().to(old)
+    for k in range(max_backtracks):
+        fraction = backtrack_ratio**k
+        _write_flat(old + fraction * step, params)
+        loss, kl = (float(v) for v in evaluate())
+        if math.isfinite(loss) and math.isfinite(kl) and loss < old_loss and kl <= max_kl:
+            return LineSearchResult(
+                accepted=True, step_fraction=fraction, n_tries=k + 1, loss=loss, kl=kl
+            )
+    _write_flat(old, params)
+    return LineSearchResult(
+        accepted=False,
+        step_fraction=0.0,
+        n_tries=max_backtracks,
+        loss=float(old_loss),
+        kl=0.0,
+    )
