@@ -66,8 +66,8 @@ class TaskFamilyMixin(Generic[TaskT]):
                 f"{type(self).__name__}.set_task expects a {self.task_type.__name__}, "
                 f"got {type(task).__name__}: {task!r}"
             )
+        self._apply_task(task)  # first: a task it rejects must not become the current task
         self._task = task
-        self._apply_task(task)
 
     def get_task(self) -> TaskT:
         """The task set by the last ``set_task``."""

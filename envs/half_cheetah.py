@@ -1,0 +1,199 @@
+"""HalfCheetah-v5 task families: target velocity, direction, and random reward weights.
+
+Each family subclasses Gymnasium's ``HalfCheetahEnv`` (v5) and overrides only
+``_get_rew(x_velocity, action)``: the simulation, observation (17-dim: qpos
+without the root x, then qvel, float64), action space (``[-1, 1]^6``), reset
+noise (0.1) and frame skip (5, ``dt = 0.05`` s) are those of HalfCheetah-v5.
+``x_velocity`` is the root's x displacement over the step divided by ``dt``.
+HalfCheetah never terminates: episodes end by truncation at the horizon (200
+steps by default). ``info["task"]`` holds the task after reset and step.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import numpy as np
+from gymnasium import utils
+from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
+from metarl.envs.base import TaskFamilyMixin
+
+__all__ = [
+    "DirectionTask",
+    "HalfCheetahDirEnv",
+    "HalfCheetahVelEnv",
+    "HalfCheetahWeightsEnv",
+    "VelocityTask",
+    "WeightsTask",
+]
+
+
+@dataclass(frozen=True)
+class VelocityTask:
+    """A target forward velocity (m/s)."""
+
+    velocity: float
+
+
+@dataclass(frozen=True)
+class DirectionTask:
+    """``+1`` to run forward (+x), ``-1`` to run backward."""
+
+    direction: int
+
+    def __post_init__(self) -> None:
+        if self.direction not in (-1, 1):
+            raise ValueError(f"DirectionTask.direction must be -1 or +1, got {self.direction!r}")
+
+
+@dataclass(frozen=True)
+class WeightsTask:
+    """Weights of the reward terms forward speed, control cost and torso height."""
+
+    forward: float
+    ctrl: float
+    height: float
+
+
+class _HalfCheetahFamily(HalfCheetahEnv):
+    """Task check and ``info["task"]`` around HalfCheetah-v5's reset and step."""
+
+    default_horizon: ClassVar[int] = 200
+
+    def reset(
+        self, *, seed: int | None = None, options: dict[str, Any] | None = None
+    ) -> tuple[np.ndarray, dict[str, Any]]:
+        task = self._require_task()  # type: ignore[attr-defined]
+        obs, info = super().reset(seed=seed, options=options)
+        info["task"] = task
+        return obs, info
+
+    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
+        task = self._require_task()  # type: ignore[attr-defined]
+        obs, reward, terminated, truncated, info = super().step(action)
+        info["task"] = task
+        return obs, reward, terminated, truncated, info
+
+
+class HalfCheetahVelEnv(TaskFamilyMixin[VelocityTask], _HalfCheetahFamily):
+    """``metarl/HalfCheetahVel-v0`` (``halfcheetah-vel``): run at a target velocity (MAML).
+
+    * Task: :class:`VelocityTask`, ``velocity ~ Uniform(velocity_range)``,
+      ``velocity_range = (0.0, 2.0)`` by default (constructor keyword).
+    * Observation, action, reset: HalfCheetah-v5 (17-dim obs, ``[-1, 1]^6``).
+    * Reward: ``-|v_x - velocity| - 0.05 * ||a||_2^2`` (``ctrl_cost_weight``,
+      default 0.05 as in the MAML paper; Gymnasium's default is 0.1).
+    * Termination: never; truncation at the horizon, 200 steps by default.
+    """
+
+    task_type = VelocityTask
+    varies = "goal"
+
+    def __init__(
+        self,
+        velocity_range: tuple[float, float] = (0.0, 2.0),
+        ctrl_cost_weight: float = 0.05,
+        **kwargs: Any,
+    ) -> None:
+        low, high = (float(v) for v in velocity_range)
+        if not low <= high:
+            raise ValueError(f"velocity_range must be (low, high), low <= high: {velocity_range}")
+        super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+        utils.EzPickle.__init__(
+            self, velocity_range=velocity_range, ctrl_cost_weight=ctrl_cost_weight, **kwargs
+        )
+        self.velocity_range = (low, high)
+        self._target_velocity = 0.0
+
+    def _sample_task(self, rng: np.random.Generator) -> VelocityTask:
+        return VelocityTask(velocity=float(rng.uniform(*self.velocity_range)))
+
+    def _apply_task(self, task: VelocityTask) -> None:
+        self._target_velocity = float(task.velocity)
+
+    def _get_rew(self, x_velocity: float, action: np.ndarray) -> tuple[float, dict[str, float]]:
+        forward_reward = -abs(x_velocity - self._target_velocity)
+        ctrl_cost = self.control_cost(action)
+        info = {"reward_forward": forward_reward, "reward_ctrl": -ctrl_cost}
+        return float(forward_reward - ctrl_cost), info
+
+
+class HalfCheetahDirEnv(TaskFamilyMixin[DirectionTask], _HalfCheetahFamily):
+    """``metarl/HalfCheetahDir-v0`` (``halfcheetah-dir``): run forward or backward (MAML).
+
+    * Task: :class:`DirectionTask`, ``direction ~ Uniform{-1, +1}``; only two
+      tasks exist (``finite_tasks = True``), so train and test pools share them.
+    * Observation, action, reset: HalfCheetah-v5 (17-dim obs, ``[-1, 1]^6``).
+    * Reward: ``direction * v_x - 0.05 * ||a||_2^2`` (``ctrl_cost_weight``,
+      default 0.05 as in the MAML paper).
+    * Termination: never; truncation at the horizon, 200 steps by default.
+    """
+
+    task_type = DirectionTask
+    varies = "goal"
+    finite_tasks = True
+
+    def __init__(self, ctrl_cost_weight: float = 0.05, **kwargs: Any) -> None:
+        super().__init__(ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+        utils.EzPickle.__init__(self, ctrl_cost_weight=ctrl_cost_weight, **kwargs)
+        self._direction = 1
+
+    def _sample_task(self, rng: np.random.Generator) -> DirectionTask:
+        return DirectionTask(direction=int(rng.choice((-1, 1))))
+
+    def _apply_task(self, task: DirectionTask) -> None:
+        self._direction = int(task.direction)
+
+    def _get_rew(self, x_velocity: float, action: np.ndarray) -> tuple[float, dict[str, float]]:
+        forward_reward = self._direction * x_velocity
+        ctrl_cost = self.control_cost(action)
+        info = {"reward_forward": forward_reward, "reward_ctrl": -ctrl_cost}
+        return float(forward_reward - ctrl_cost), info
+
+
+class HalfCheetahWeightsEnv(TaskFamilyMixin[WeightsTask], _HalfCheetahFamily):
+    """``metarl/HalfCheetahWeights-v0`` (``halfcheetah-weights``): random reward weights.
+
+    * Task: :class:`WeightsTask`, independently ``forward ~ Uniform[-1, 1]``,
+      ``ctrl ~ Uniform[0, 0.2]``, ``height ~ Uniform[0, 10]``.
+    * Observation, action, reset: HalfCheetah-v5 (17-dim obs, ``[-1, 1]^6``).
+    * Reward: ``forward * v_x - ctrl * ||a||_2^2 + height * z``, where ``z`` is
+      ``qpos[1]``, the torso's height relative to its initial height in metres
+      (the ``rootz`` slide joint; about 0 when standing, negative when crouched).
+      The constructor's ``ctrl_cost_weight`` is not used: ``ctrl`` replaces it.
+    * Termination: never; truncation at the horizon, 200 steps by default.
+    """
+
+    task_type = WeightsTask
+    varies = "reward"
+    forward_range: ClassVar[tuple[float, float]] = (-1.0, 1.0)
+    ctrl_range: ClassVar[tuple[float, float]] = (0.0, 0.2)
+    height_range: ClassVar[tuple[float, float]] = (0.0, 10.0)
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        utils.EzPickle.__init__(self, **kwargs)
+        self._weights = WeightsTask(forward=1.0, ctrl=0.1, height=0.0)
+
+    def _sample_task(self, rng: np.random.Generator) -> WeightsTask:
+        return WeightsTask(
+            forward=float(rng.uniform(*self.forward_range)),
+            ctrl=float(rng.uniform(*self.ctrl_range)),
+            height=float(rng.uniform(*self.height_range)),
+        )
+
+    def _apply_task(self, task: WeightsTask) -> None:
+        self._weights = task
+
+    def _get_rew(self, x_velocity: float, action: np.ndarray) -> tuple[float, dict[str, float]]:
+        w = self._weights
+        forward_reward = w.forward * x_velocity
+        ctrl_cost = w.ctrl * float(np.sum(np.square(action)))
+        height_reward = w.height * float(self.data.qpos[1])
+        info = {
+            "reward_forward": forward_reward,
+            "reward_ctrl": -ctrl_cost,
+            "reward_height": height_reward,
+        }
+        return float(forward_reward - ctrl_cost + height_reward), info
