@@ -7,33 +7,93 @@ exactly what defines the family: task ranges, horizon, reward.
 """
 
 from metarl.envs.base import TaskFamilyMixin, TaskNotSetError, TaskPools, make_task_pools
+
 from metarl.registry import register_family
 
 __all__ = ["TaskFamilyMixin", "TaskNotSetError", "TaskPools", "make_task_pools"]
 
 # (short name, gym id, entry point, what varies, default horizon, one-line summary)
 _BUILTIN = [
-    ("point-nav", "metarl/PointNav-v0", "metarl.envs.point_nav:PointNavEnv", "goal", 100,
-     "2-D point to a goal in [-0.5, 0.5]^2, dense reward -distance (pure numpy)"),
-    ("point-nav-sparse", "metarl/PointNavSparse-v0", "metarl.envs.point_nav:PointNavSparseEnv",
-     "goal", 100, "2-D point, goal on a half circle, reward only within 0.2 of the goal"),
-    ("point-nav-shaped", "metarl/PointNavShaped-v0", "metarl.envs.point_nav:PointNavShapedEnv",
-     "reward", 100, "2-D point, fixed goal; tasks switch between dense, sparse and shaped reward"),
-    ("halfcheetah-vel", "metarl/HalfCheetahVel-v0", "metarl.envs.half_cheetah:HalfCheetahVelEnv",
-     "goal", 200, "HalfCheetah-v5 running at a target velocity in [0, 2]"),
-    ("halfcheetah-dir", "metarl/HalfCheetahDir-v0", "metarl.envs.half_cheetah:HalfCheetahDirEnv",
-     "goal", 200, "HalfCheetah-v5 running forward or backward"),
-    ("halfcheetah-weights", "metarl/HalfCheetahWeights-v0",
-     "metarl.envs.half_cheetah:HalfCheetahWeightsEnv", "reward", 200,
-     "HalfCheetah-v5 with random weights on forward speed, control cost and torso height"),
-    ("ant-dir", "metarl/AntDir-v0", "metarl.envs.ant:AntDirEnv", "goal", 200,
-     "Ant-v5 running in a direction in the plane"),
-    ("ant-goal", "metarl/AntGoal-v0", "metarl.envs.ant:AntGoalEnv", "goal", 200,
-     "Ant-v5 walking to a goal position within radius 3"),
-    ("hopper-params", "metarl/HopperParams-v0", "metarl.envs.rand_params:HopperParamsEnv",
-     "dynamics", 200, "Hopper-v5 with log-scale random masses, inertias, damping, friction"),
-    ("walker-params", "metarl/WalkerParams-v0", "metarl.envs.rand_params:WalkerParamsEnv",
-     "dynamics", 200, "Walker2d-v5 with log-scale random masses, inertias, damping, friction"),
+    (
+        "point-nav",
+        "metarl/PointNav-v0",
+        "metarl.envs.point_nav:PointNavEnv",
+        "goal",
+        100,
+        "2-D point to a goal in [-0.5, 0.5]^2, dense reward -distance (pure numpy)",
+    ),
+    (
+        "point-nav-sparse",
+        "metarl/PointNavSparse-v0",
+        "metarl.envs.point_nav:PointNavSparseEnv",
+        "goal",
+        100,
+        "2-D point, goal on a half circle, reward only within 0.2 of the goal",
+    ),
+    (
+        "point-nav-shaped",
+        "metarl/PointNavShaped-v0",
+        "metarl.envs.point_nav:PointNavShapedEnv",
+        "reward",
+        100,
+        "2-D point, fixed goal; tasks switch between dense, sparse and shaped reward",
+    ),
+    (
+        "halfcheetah-vel",
+        "metarl/HalfCheetahVel-v0",
+        "metarl.envs.half_cheetah:HalfCheetahVelEnv",
+        "goal",
+        200,
+        "HalfCheetah-v5 running at a target velocity in [0, 2]",
+    ),
+    (
+        "halfcheetah-dir",
+        "metarl/HalfCheetahDir-v0",
+        "metarl.envs.half_cheetah:HalfCheetahDirEnv",
+        "goal",
+        200,
+        "HalfCheetah-v5 running forward or backward",
+    ),
+    (
+        "halfcheetah-weights",
+        "metarl/HalfCheetahWeights-v0",
+        "metarl.envs.half_cheetah:HalfCheetahWeightsEnv",
+        "reward",
+        200,
+        "HalfCheetah-v5 with random weights on forward speed, control cost and torso height",
+    ),
+    (
+        "ant-dir",
+        "metarl/AntDir-v0",
+        "metarl.envs.ant:AntDirEnv",
+        "goal",
+        200,
+        "Ant-v5 running in a direction in the plane",
+    ),
+    (
+        "ant-goal",
+        "metarl/AntGoal-v0",
+        "metarl.envs.ant:AntGoalEnv",
+        "goal",
+        200,
+        "Ant-v5 walking to a goal position within radius 3",
+    ),
+    (
+        "hopper-params",
+        "metarl/HopperParams-v0",
+        "metarl.envs.rand_params:HopperParamsEnv",
+        "dynamics",
+        200,
+        "Hopper-v5 with log-scale random masses, inertias, damping, friction",
+    ),
+    (
+        "walker-params",
+        "metarl/WalkerParams-v0",
+        "metarl.envs.rand_params:WalkerParamsEnv",
+        "dynamics",
+        200,
+        "Walker2d-v5 with log-scale random masses, inertias, damping, friction",
+    ),
 ]
 
 for _name, _gym_id, _entry, _varies, _horizon, _summary in _BUILTIN:

@@ -87,7 +87,9 @@ def register_family(
     imported until the env is made) or the class itself.
     """
     if varies not in VARIES:
-        raise ValueError(f"register_family({name!r}): varies must be one of {VARIES}, got {varies!r}")
+        raise ValueError(
+            f"register_family({name!r}): varies must be one of {VARIES}, got {varies!r}"
+        )
     if horizon <= 0:
         raise ValueError(f"register_family({name!r}): horizon must be > 0, got {horizon}")
     if name in _FAMILIES and not override:
@@ -119,7 +121,9 @@ def load_plugins() -> list[str]:
         try:
             target = ep.load()
         except Exception as exc:  # noqa: BLE001 - report and keep the other families
-            warnings.warn(f"metarl plug-in {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2)
+            warnings.warn(
+                f"metarl plug-in {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2
+            )
             continue
         if inspect.isclass(target):
             if ep.name not in _FAMILIES:
@@ -167,7 +171,9 @@ def _register_import_path(path: str) -> FamilySpec:
     try:
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
-        raise UnknownEnvError(f"--env {path!r}: cannot import {class_name} from {module_name}: {exc}") from exc
+        raise UnknownEnvError(
+            f"--env {path!r}: cannot import {class_name} from {module_name}: {exc}"
+        ) from exc
     for verb in ("sample_tasks", "set_task", "get_task"):
         if not callable(getattr(cls, verb, None)):
             raise UnknownEnvError(

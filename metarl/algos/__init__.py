@@ -1,0 +1,52 @@
+"""Meta-learners by name. Each is built from a config, a policy and a sampler.
+
+Every learner offers ``train_iteration(tasks, iteration) -> IterationResult``,
+``meta_test(tasks, adapt_steps=, episodes_per_task=, batch_key=) -> [K+1, T]``,
+``state_dict()`` and ``load_state_dict()``; the training loop and the
+evaluator use nothing else.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from metarl.algos.maml import MAML, IterationResult, MAMLInnerLoop
+from metarl.config import ALGOS, Config, ConfigError
+
+__all__ = ["ALGOS", "IterationResult", "build_learner"]
+
+
+def build_learner(config: Config, policy, sampler, device: torch.device):
+    """The meta-learner named by ``config.algo``."""
+    if config.algo in ("maml-trpo", "maml-ppo"):
+        inner = MAMLInnerLoop(
+            policy,
+            sampler,
+            inner_steps=config.inner_steps,
+            inner_lr=config.inner_lr,
+            first_order=config.first_order,
+            discount=config.discount,
+            gae_lambda=config.gae_lambda,
+            device=device,
+        )
+        if config.algo == "maml-trpo":
+            from metarl.algos.maml_trpo import TRPOUpdate
+
+            outer = TRPOUpdate(
+                inner,
+                max_kl=config.max_kl,
+                cg_iters=config.cg_iters,
+                cg_damping=config.cg_damping,
+                ls_max_backtracks=config.ls_max_backtracks,
+                ls_backtrack_ratio=config.ls_backtrack_ratio,
+            )
+        else:
+            from metarl.algos.maml_ppo import PPOUpdate
+
+            outer = PPOUpdate(
+                inner, epochs=config.ppo_epochs, clip=config.ppo_clip, lr=config.ppo_lr
+            )
+        return MAML(config.algo, inner, outer, episodes_per_task=config.episodes_per_task)
+    raise ConfigError(
+        f"config key 'algo': {config.algo!r} is not implemented yet. Known: {', '.join(ALGOS)}"
+    )

@@ -1,0 +1,71 @@
+"""MAML-PPO (ProMP-style outer loop): clipped surrogate on post-adaptation data.
+
+Each epoch replays the inner loop differentiably from the current
+meta-parameters and takes one Adam step on the clipped importance-weighted
+objective of the adapted policies on their validation episodes (Rothfuss et
+al. 2019, "ProMP", without its inner KL penalty).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from metarl.algos.maml import AdaptationData, MAMLInnerLoop
+from metarl.functional import batched_log_prob, masked_mean
+
+
+class PPOUpdate:
+    """The outer update of MAML-PPO; owns the Adam optimiser of the meta-parameters."""
+
+    def __init__(self, inner: MAMLInnerLoop, *, epochs: int, clip: float, lr: float) -> None:
+        self.inner = inner
+        self.policy = inner.policy
+        self.epochs = epochs
+        self.clip = clip
+        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=lr)
+        self.rejected_updates = 0
+
+    def update(self, data: AdaptationData) -> dict[str, float]:
+        valid, spec = data.valid, self.policy.spec
+        old_log_probs = batched_log_prob(
+            spec, data.old_params, valid.observations, valid.actions
+        ).detach()
+        stats: dict[str, float] = {}
+        for epoch in range(self.epochs):
+            adapted = self.inner.adapted_params(data.train, create_graph=True)
+            log_ratio = (
+                batched_log_prob(spec, adapted, valid.observations, valid.actions) - old_log_probs
+            )
+            ratio = torch.exp(log_ratio)
+            clipped = torch.clamp(ratio, 1.0 - self.clip, 1.0 + self.clip)
+            surrogate = torch.min(ratio * valid.advantages, clipped * valid.advantages)
+            loss = -masked_mean(surrogate, valid.mask).mean()
+            self.optimizer.zero_grad()
+            loss.backward()
+            grads_finite = all(
+                p.grad is None or torch.isfinite(p.grad).all() for p in self.policy.parameters()
+            )
+            if not (torch.isfinite(loss.detach()) and grads_finite):
+                self.rejected_updates += 1
+                self.optimizer.zero_grad()
+                stats["ppo/rejected_nonfinite"] = 1.0
+                break
+            self.optimizer.step()
+            with torch.no_grad():
+                if epoch == 0:
+                    stats["loss/surrogate_before"] = float(loss.detach())
+                stats["loss/surrogate_after"] = float(loss.detach())
+                stats["ppo/approx_kl"] = float(
+                    masked_mean((ratio - 1) - log_ratio, valid.mask).mean()
+                )
+                stats["ppo/clip_fraction"] = float(
+                    masked_mean(((ratio - 1).abs() > self.clip).float(), valid.mask).mean()
+                )
+        return stats
+
+    def state_dict(self) -> dict:
+        return {"optimizer": self.optimizer.state_dict(), "rejected_updates": self.rejected_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rejected_updates = int(state.get("rejected_updates", 0))

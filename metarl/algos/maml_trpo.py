@@ -1,0 +1,104 @@
+"""MAML-TRPO (Finn et al. 2017): a trust-region natural-gradient step on the meta-objective.
+
+The surrogate is the importance-weighted return of the *adapted* policies on
+their validation episodes; its gradient flows through the inner loop
+(second-order unless ``first_order``). The step direction solves
+``F s = g`` by conjugate gradient with ``F`` the Hessian of the mean KL between
+the old and new adapted policies (Hessian-vector products, never the matrix);
+it is scaled to the KL bound, then a backtracking line search keeps the first
+fraction that improves the surrogate within the bound, or restores the old
+parameters. As in pytorch-maml-rl's ``maml_trpo.py``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from metarl.algos.maml import AdaptationData, MAMLInnerLoop
+from metarl.functional import batched_kl, batched_log_prob, masked_mean
+from metarl.optim import backtracking_line_search, conjugate_gradient, flat_grad, make_hvp
+
+
+class TRPOUpdate:
+    """The outer update of MAML-TRPO (no state of its own besides its settings)."""
+
+    def __init__(
+        self,
+        inner: MAMLInnerLoop,
+        *,
+        max_kl: float,
+        cg_iters: int,
+        cg_damping: float,
+        ls_max_backtracks: int,
+        ls_backtrack_ratio: float,
+    ) -> None:
+        self.inner = inner
+        self.policy = inner.policy
+        self.max_kl = max_kl
+        self.cg_iters = cg_iters
+        self.cg_damping = cg_damping
+        self.ls_max_backtracks = ls_max_backtracks
+        self.ls_backtrack_ratio = ls_backtrack_ratio
+        self.rejected_updates = 0
+
+    def _surrogate_and_kl(
+        self, data: AdaptationData, old_log_probs: torch.Tensor, *, create_graph: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Mean over tasks of the surrogate loss and of KL(old adapted || new adapted)."""
+        valid, spec = data.valid, self.policy.spec
+        adapted = self.inner.adapted_params(data.train, create_graph=create_graph)
+        log_probs = batched_log_prob(spec, adapted, valid.observations, valid.actions)
+        ratio = torch.exp(log_probs - old_log_probs)
+        loss = -masked_mean(ratio * valid.advantages, valid.mask).mean()
+        kl = masked_mean(batched_kl(spec, data.old_params, adapted, valid.observations), valid.mask)
+        return loss, kl.mean()
+
+    def update(self, data: AdaptationData) -> dict[str, float]:
+        params = list(self.policy.parameters())
+        valid = data.valid
+        old_log_probs = batched_log_prob(
+            self.policy.spec, data.old_params, valid.observations, valid.actions
+        ).detach()
+
+        loss, kl = self._surrogate_and_kl(data, old_log_probs, create_graph=True)
+        grad = flat_grad(loss, params, retain_graph=True)
+        if not (torch.isfinite(loss.detach()) and torch.isfinite(grad).all()):
+            self.rejected_updates += 1
+            return {"loss/surrogate_before": float(loss.detach()), "trpo/rejected_nonfinite": 1.0}
+        fisher_vp = make_hvp(kl, params, damping=self.cg_damping)
+        step_dir = conjugate_gradient(fisher_vp, grad, iters=self.cg_iters)
+        # Scale so that the quadratic model of the KL equals max_kl: 0.5 s^T F s * beta^2 = max_kl.
+        shs = 0.5 * torch.dot(step_dir, fisher_vp(step_dir))
+        full_step = -step_dir * math.sqrt(self.max_kl / max(float(shs), 1e-12))
+        del fisher_vp  # frees the double-backward graph before the line search
+
+        def evaluate() -> tuple[float, float]:
+            new_loss, new_kl = self._surrogate_and_kl(data, old_log_probs, create_graph=False)
+            return float(new_loss.detach()), float(new_kl.detach())
+
+        result = backtracking_line_search(
+            params,
+            full_step,
+            evaluate,
+            old_loss=float(loss.detach()),
+            max_kl=self.max_kl,
+            max_backtracks=self.ls_max_backtracks,
+            backtrack_ratio=self.ls_backtrack_ratio,
+        )
+        return {
+            "loss/surrogate_before": float(loss.detach()),
+            "loss/surrogate_after": result.loss,
+            "trpo/kl": result.kl,
+            "trpo/grad_norm": float(grad.norm()),
+            "trpo/linesearch_accepted": float(result.accepted),
+            "trpo/linesearch_step_fraction": result.step_fraction,
+            "trpo/linesearch_tries": float(result.n_tries),
+        }
+
+    def state_dict(self) -> dict:
+        return {"rejected_updates": self.rejected_updates}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rejected_updates = int(state.get("rejected_updates", 0))

@@ -1,0 +1,102 @@
+"""Functional, task-batched policy maths for MAML: parameters in, new parameters out.
+
+Parameters are dicts of tensors with a leading task axis ``[T, ...]`` (names as
+in :class:`~metarl.policies.GaussianMLPPolicy`). The meta-parameters are
+*expanded* to ``[T, ...]`` (a differentiable view), so one backward pass over
+the sum of the per-task losses yields every task's own gradient at once, and
+the meta-gradient flows back through the expansion. Nothing here mutates a
+module; ``adapt`` returns a new dict.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+
+import torch
+
+from metarl.policies.gaussian_mlp import LOG_2PI, MLPSpec
+
+TaskParams = dict[str, torch.Tensor]
+
+
+def expand_params(params: Mapping[str, torch.Tensor], n_tasks: int) -> TaskParams:
+    """Broadcast shared parameters to ``[n_tasks, ...]`` without copying (differentiable)."""
+    return {k: v.unsqueeze(0).expand(n_tasks, *v.shape) for k, v in params.items()}
+
+
+def batched_mean(
+    spec: MLPSpec, params: Mapping[str, torch.Tensor], obs: torch.Tensor
+) -> torch.Tensor:
+    """Action means of T policies on their own observations.
+
+    Args:
+        params: ``layers.i.weight`` ``[T, out, in]``, ``layers.i.bias`` ``[T, out]``.
+        obs: ``[T, N, obs_dim]``.
+    Returns:
+        ``[T, N, act_dim]``.
+    """
+    x = obs
+    for i in range(spec.n_layers):
+        x = torch.baddbmm(
+            params[f"layers.{i}.bias"].unsqueeze(1), x, params[f"layers.{i}.weight"].transpose(1, 2)
+        )
+        if i < spec.n_layers - 1:
+            x = torch.relu(x) if spec.activation == "relu" else torch.tanh(x)
+    return x
+
+
+def batched_log_prob(
+    spec: MLPSpec, params: Mapping[str, torch.Tensor], obs: torch.Tensor, actions: torch.Tensor
+) -> torch.Tensor:
+    """Log-density of ``actions [T, N, A]`` under each task's policy -> ``[T, N]``."""
+    mean = batched_mean(spec, params, obs)
+    log_std = params["log_std"].unsqueeze(1)  # [T, 1, A]
+    z = (actions - mean) * torch.exp(-log_std)
+    return (-0.5 * z.pow(2) - log_std - 0.5 * LOG_2PI).sum(-1)
+
+
+def batched_kl(
+    spec: MLPSpec,
+    old_params: Mapping[str, torch.Tensor],
+    new_params: Mapping[str, torch.Tensor],
+    obs: torch.Tensor,
+) -> torch.Tensor:
+    """KL(pi_old || pi_new) per observation for diagonal Gaussians -> ``[T, N]``."""
+    mean_old = batched_mean(spec, old_params, obs)
+    mean_new = batched_mean(spec, new_params, obs)
+    log_std_old = old_params["log_std"].unsqueeze(1)
+    log_std_new = new_params["log_std"].unsqueeze(1)
+    var_ratio = torch.exp(2 * (log_std_old - log_std_new))
+    mean_term = (mean_old - mean_new).pow(2) * torch.exp(-2 * log_std_new)
+    return (0.5 * (var_ratio + mean_term - 1.0) + log_std_new - log_std_old).sum(-1)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the last axis counting only ``mask == 1`` entries: ``[T, N] -> [T]``."""
+    return (values * mask).sum(-1) / mask.sum(-1).clamp_min(1.0)
+
+
+def adapt(
+    params: TaskParams,
+    inner_loss: Callable[[TaskParams], torch.Tensor],
+    *,
+    lr: float,
+    first_order: bool,
+) -> TaskParams:
+    """One gradient step per task: ``theta_i' = theta_i - lr * grad_i L_i(theta_i)``.
+
+    Args:
+        params: ``[T, ...]`` parameters (each task's slice affects only its own loss).
+        inner_loss: maps params to the per-task losses ``[T]``.
+        first_order: treat the inner gradient as a constant (FOMAML); otherwise
+            keep its graph so the meta-gradient includes second-order terms.
+    Returns:
+        the adapted ``[T, ...]`` parameters (a new dict).
+    """
+    names = list(params)
+    with torch.enable_grad():
+        losses = inner_loss(params)
+        grads = torch.autograd.grad(
+            losses.sum(), [params[k] for k in names], create_graph=not first_order
+        )
+    return {k: params[k] - lr * (g.detach() if first_order else g) for k, g in zip(names, grads)}
