@@ -131,7 +131,7 @@ class MAMLInnerLoop:
     def __init__(
         self,
         policy: GaussianMLPPolicy,
-        sampler: "Sampler",
+        sampler: Sampler,
         *,
         inner_steps: int,
         inner_lr: float,
