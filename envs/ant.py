@@ -140,7 +140,7 @@ class AntGoalEnv(TaskFamilyMixin[PositionTask], _AntFamily):
     * Observation: 27-dim, no contact forces (see the module docstring).
     * Action, reset: Ant-v5 (``[-1, 1]^8``).
     * Reward: ``-||xy - goal||_2 + healthy - 0.5 * ||a||^2 - 5e-4 * ||clip(cfrc_ext, -1, 1)||^2``
-      with ``xy`` the torso position after the step and ``healthy = 1.0``
+      with ``xy = qpos[0:2]``, the torso position after the step, and ``healthy = 1.0``
       while torso z is in ``[0.2, 1.0]``. (PEARL uses the L1 distance and no
       healthy reward.)
     * Termination: **never** by default (``terminate_when_unhealthy=False``,
@@ -168,7 +168,8 @@ class AntGoalEnv(TaskFamilyMixin[PositionTask], _AntFamily):
         self._goal = np.array(task.goal, dtype=np.float64)
 
     def _get_rew(self, x_velocity: float, action: np.ndarray) -> tuple[float, dict[str, float]]:
-        goal_reward = -float(np.linalg.norm(self._torso_xy() - self._goal))
+        # qpos[:2], the torso's free joint after the step (body xpos lags one substep)
+        goal_reward = -float(np.linalg.norm(self.data.qpos[:2] - self._goal))
         healthy_reward = float(self.healthy_reward)
         ctrl_cost = float(self.control_cost(action))
         contact_cost = float(self.contact_cost)

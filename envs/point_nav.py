@@ -205,7 +205,7 @@ class PointNavShapedEnv(TaskFamilyMixin[RewardTask], _PointNavBase):
     * Start: the origin, no noise.
     * Observation: position after the move, float32, shape ``(2,)``, unbounded.
     * Action: velocity, shape ``(2,)``, clipped elementwise to ``[-0.1, 0.1]``.
-    * Reward, with ``d = ||pos_{t+1} - goal||_2`` and ``d_prev = ||pos_t - goal||_2``:
+    * Reward: by ``kind``, with ``d = ||pos_{t+1} - goal||_2`` and ``d_prev = ||pos_t - goal||_2``:
 
       - ``dense``: ``-d``;
       - ``sparse``: ``1.0 if d <= 0.2 else 0.0``;
