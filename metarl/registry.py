@@ -99,6 +99,13 @@ def register_family(
     if gym_id is None:
         camel = "".join(part.capitalize() for part in name.split("-"))
         gym_id = f"metarl/{camel}-v0"
+    owner = _gym_id_owner(gym_id)
+    if owner is not None and owner != name:
+        # re-registering the id would silently make `owner` build this class
+        raise ValueError(
+            f"register_family({name!r}): the Gymnasium id {gym_id!r} belongs to the family "
+            f"{owner!r}; pass another gym_id"
+        )
     spec = FamilySpec(name, gym_id, entry_point, varies, horizon, summary, dict(kwargs or {}))
     _FAMILIES[name] = spec
     if gym_id in gymnasium.registry:
@@ -107,6 +114,11 @@ def register_family(
         id=gym_id, entry_point=entry_point, max_episode_steps=horizon, kwargs=dict(kwargs or {})
     )
     return spec
+
+
+def _gym_id_owner(gym_id: str) -> str | None:
+    """The name of the registered family whose Gymnasium id is ``gym_id``, if any."""
+    return next((spec.name for spec in _FAMILIES.values() if spec.gym_id == gym_id), None)
 
 
 def load_plugins() -> list[str]:
@@ -120,22 +132,23 @@ def load_plugins() -> list[str]:
     for ep in importlib.metadata.entry_points(group=ENTRY_POINT_GROUP):
         try:
             target = ep.load()
+            if inspect.isclass(target):
+                if ep.name not in _FAMILIES:
+                    register_family(
+                        ep.name,
+                        ep.value,
+                        varies=getattr(target, "varies", "goal"),
+                        horizon=int(getattr(target, "default_horizon", 200)),
+                        summary=(inspect.getdoc(target) or "").split("\n")[0],
+                    )
+            else:
+                target()
         except Exception as exc:  # noqa: BLE001 - report and keep the other families
+            # loading *or* registering (a bad varies, a clashing id, a register() that raises)
             warnings.warn(
                 f"metarl plug-in {ep.name!r} ({ep.value}) failed to load: {exc}", stacklevel=2
             )
             continue
-        if inspect.isclass(target):
-            if ep.name not in _FAMILIES:
-                register_family(
-                    ep.name,
-                    ep.value,
-                    varies=getattr(target, "varies", "goal"),
-                    horizon=int(getattr(target, "default_horizon", 200)),
-                    summary=(inspect.getdoc(target) or "").split("\n")[0],
-                )
-        else:
-            target()
         loaded.append(ep.name)
     _plugins_loaded = True
     return loaded
@@ -180,12 +193,15 @@ def _register_import_path(path: str) -> FamilySpec:
                 f"--env {path!r}: {class_name} does not follow the task API (no {verb}()). "
                 "See README, 'Writing your own task family'."
             )
+    gym_id = f"metarl/{class_name}-v0"
+    if _gym_id_owner(gym_id) is not None:  # e.g. two modules with a class of the same name
+        gym_id = f"metarl/{module_name}.{class_name}-v0"
     return register_family(
         path,
         cls,
         varies=getattr(cls, "varies", "goal"),
         horizon=int(getattr(cls, "default_horizon", 200)),
-        gym_id=f"metarl/{class_name}-v0",
+        gym_id=gym_id,
         summary=(inspect.getdoc(cls) or "").split("\n")[0],
     )
 

@@ -207,3 +207,40 @@ def test_builtin_names_resolve_without_importing_their_modules():
             assert resolve(spec.name) is spec
             assert resolve(spec.gym_id) is spec
             assert resolve(f"{spec.name}-v0") is spec
+
+
+def test_c_same_class_name_in_two_modules_makes_each_its_own_class(tmp_path, monkeypatch):
+    write_plugin(tmp_path, monkeypatch, "plug_x")
+    write_plugin(tmp_path, monkeypatch, "plug_y")
+    spec_x, spec_y = resolve("plug_x:TinyEnv"), resolve("plug_y:TinyEnv")
+    assert spec_x.gym_id != spec_y.gym_id
+    for module in ("plug_x", "plug_y"):
+        env = make_env(f"{module}:TinyEnv")
+        assert type(env.unwrapped).__module__ == module
+        env.close()
+
+
+def test_a_gym_id_of_another_family_is_refused(tmp_path, monkeypatch):
+    write_plugin(tmp_path, monkeypatch, "plug_id")
+    with pytest.raises(ValueError, match="belongs to the family 'point-nav'"):
+        register_family(
+            "my-nav", "plug_id:TinyEnv", varies="goal", horizon=7, gym_id="metarl/PointNav-v0"
+        )
+    # a class that happens to share a built-in's name does not take over its id
+    assert resolve("point-nav").gym_id == "metarl/PointNav-v0"
+    assert gymnasium.registry["metarl/PointNav-v0"].entry_point.endswith(":PointNavEnv")
+
+
+def test_b_a_plugin_that_fails_to_register_warns(tmp_path, monkeypatch):
+    write_dist_info(
+        tmp_path,
+        "[metarl.envs]\n"
+        "point-nav-x = fakeplugin_clash:register_badly\n"
+        "fake-ok = fakeplugin_clash:TinyEnv\n",
+    )
+    write_plugin(tmp_path, monkeypatch, "fakeplugin_clash")
+    with (tmp_path / "fakeplugin_clash.py").open("a") as f:
+        f.write("\n\ndef register_badly():\n    raise RuntimeError('no luck')\n")
+    with pytest.warns(UserWarning, match="point-nav-x.*no luck"):
+        loaded = load_plugins()
+    assert "fake-ok" in loaded and "point-nav-x" not in loaded
