@@ -36,7 +36,7 @@ _BUILTIN = [
         "metarl.envs.point_nav:PointNavShapedEnv",
         "reward",
         100,
-        "2-D point, fixed goal; tasks switch between dense, sparse and shaped reward",
+        "2-D point to a goal; tasks also switch the reward: dense, sparse or shaped",
     ),
     (
         "halfcheetah-vel",

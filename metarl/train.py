@@ -294,19 +294,31 @@ def new_run_dir(config: Config) -> Path:
     return run_dir
 
 
-def resume(run_dir: Path) -> int:
+IDENTITY_KEYS = ("env", "algo", "hidden_sizes", "activation", "seed")
+
+
+def resume(run_dir: Path, overrides: dict | None = None) -> int:
+    """Continue ``run_dir`` from its latest checkpoint; ``overrides`` may extend the budget etc."""
     state = load_checkpoint(latest_checkpoint(run_dir))
-    config = build_config(state["config"])
+    saved = build_config(state["config"])
+    config = build_config({**state["config"], **(overrides or {})})
+    for key in IDENTITY_KEYS:
+        if getattr(config, key) != getattr(saved, key):
+            raise CheckpointError(
+                f"checkpoint in {str(run_dir)!r} is of {key}={getattr(saved, key)!r}, "
+                f"not {getattr(config, key)!r}; start a new run instead of --resume"
+            )
     run = build_run(config, run_dir)
     try:
         run.learner.load_state_dict(state["learner"])
-    except (RuntimeError, KeyError) as exc:
+    except (RuntimeError, KeyError, ValueError) as exc:
         run.sampler.close()
         raise CheckpointError(
             f"checkpoint in {str(run_dir)!r} does not match the "
             f"{config.algo} policy on {config.env}: {exc}"
         ) from exc
     torch.set_rng_state(state["torch_rng"])
+    save_config(config, run_dir / "config.yaml")
     start = state["iteration"] + 1
     print(f"Resuming {run_dir} at iteration {start + 1}/{config.iterations}", flush=True)
     return train(
@@ -322,7 +334,7 @@ def main(argv: list[str] | None = None) -> int:
             print(format_family_table())
             return 0
         if args.resume:
-            return resume(Path(args.resume))
+            return resume(Path(args.resume), config_overrides(args))
         base = load_yaml(args.config) if args.config else {}
         config = build_config(config_overrides(args), base)
         registry.resolve(config.env)  # unknown names fail before anything is built

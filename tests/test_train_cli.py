@@ -1,0 +1,155 @@
+"""The real CLI, shrunk to seconds: smoke runs, TensorBoard tags, evaluation, bad input, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from metarl import train as train_cli
+from metarl.checkpoint import periodic_checkpoints
+
+TINY = [
+    "--env", "point-nav", "--iterations", "3", "--meta-batch-size", "3",
+    "--episodes-per-task", "2", "--horizon", "10", "--hidden-sizes", "8", "8",
+    "--workers", "0", "--test-pool-size", "3", "--n-probe-tasks", "2",
+    "--eval-every", "2", "--eval-adapt-steps", "2", "--train-pool-size", "10",
+]  # fmt: skip
+
+
+def run_cli(
+    module: str, *args: str, cwd: Path, timeout: float = 120
+) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", module, *args],
+        cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout,
+    )  # fmt: skip
+
+
+def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+
+
+@pytest.mark.parametrize("algo", ["maml-trpo", "maml-ppo"])
+def test_smoke_run_writes_config_events_and_checkpoints(tmp_path, algo):
+    result = run_cli(
+        "metarl.train", *TINY, "--algo", algo, "--logdir", str(tmp_path), "--run-name", "r",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "iter 3/3" in result.stdout and "steps/s" in result.stdout
+    run_dir = tmp_path / "r"
+    assert (run_dir / "config.yaml").is_file()
+    tags = scalars(run_dir)
+    for tag in [
+        "adapt/return_step_0", "adapt/return_step_1", "test/return_step_0", "test/return_step_2",
+        "probe/task_0/return_step_0", "probe/task_1/return_step_2", "loss/surrogate_before",
+        "baseline/explained_variance", "time/sampling", "time/adaptation", "time/update",
+        "perf/env_steps", "perf/env_steps_per_s",
+    ]:  # fmt: skip
+        assert tag in tags, f"missing {tag}; have {sorted(tags)}"
+    assert [step for step, _ in tags["adapt/return_step_0"]] == [0, 1, 2]
+    if algo == "maml-trpo":
+        assert "trpo/kl" in tags and "trpo/linesearch_accepted" in tags
+    else:
+        assert "ppo/clip_fraction" in tags
+    assert [p.name for p in periodic_checkpoints(run_dir)] == ["iter_000002.pt"]
+    assert (run_dir / "checkpoints" / "best.pt").is_file()
+
+    result = run_cli("metarl.evaluate", str(run_dir), "--adapt-steps", "2", cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(next((run_dir / "eval").glob("*.json")).read_text())
+    assert [row["step"] for row in report["summary"]] == [0, 1, 2]
+    assert len(report["per_task"]) == 3
+    assert next((run_dir / "eval").glob("*.png")).stat().st_size > 1000
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--env", "no-such-env"], "Known families: ant-dir"),
+        (["--algo", "maml-sgd"], "argument --algo: invalid choice"),
+        (["--inner-lr", "fast"], "config key 'inner_lr'"),
+        (["--meta-batch-size", "0"], "config key 'meta_batch_size': 0 is below the minimum 1"),
+        (["--config", "missing.yaml"], "config file 'missing.yaml' does not exist"),
+        (["--resume", "no/such/run"], "run directory 'no/such/run' does not exist"),
+    ],
+)
+def test_bad_input_gives_one_clear_line_and_exit_code_2(tmp_path, args, message):
+    result = run_cli("metarl.train", *args, cwd=tmp_path, timeout=60)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_yaml_key_and_value_are_named(tmp_path):
+    (tmp_path / "bad.yaml").write_text("inner_lrr: 0.1\n")
+    result = run_cli("metarl.train", "--config", "bad.yaml", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and "unknown config key 'inner_lrr'" in result.stderr
+    (tmp_path / "bad.yaml").write_text("discount: 1.5\n")
+    result = run_cli("metarl.train", "--config", "bad.yaml", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and "'discount': 1.5 is above the maximum 1.0" in result.stderr
+    (tmp_path / "bad.yaml").write_text("discount: [unclosed\n")
+    result = run_cli("metarl.train", "--config", "bad.yaml", cwd=tmp_path, timeout=60)
+    assert result.returncode == 2 and "is not valid YAML" in result.stderr
+
+
+def test_device_cuda_without_cuda_is_a_clear_error(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    result = run_cli("metarl.train", *TINY, "--device", "cuda", "--logdir", str(tmp_path),
+                     cwd=tmp_path, timeout=60)  # fmt: skip
+    assert result.returncode == 2
+    assert "CUDA is not available" in result.stderr
+
+
+def test_list_envs_shows_every_family():
+    result = run_cli("metarl.train", "--list-envs", cwd=Path.cwd(), timeout=60)
+    assert result.returncode == 0
+    for name in ["point-nav", "halfcheetah-vel", "ant-goal", "hopper-params", "point-nav-shaped"]:
+        assert name in result.stdout
+    assert "metarl/HalfCheetahVel-v0" in result.stdout
+
+
+def test_resume_continues_with_the_same_numbers(tmp_path):
+    """Resuming after iteration 2 gives iteration 3 exactly as the uninterrupted run."""
+    common = [*TINY, "--iterations", "4", "--checkpoint-every", "1", "--algo", "maml-ppo"]
+    assert train_cli.main([*common, "--logdir", str(tmp_path), "--run-name", "full"]) == 0
+    assert train_cli.main([*common, "--logdir", str(tmp_path), "--run-name", "cut",
+                           "--iterations", "2"]) == 0  # fmt: skip
+    # Extend the cut run's budget as a user would, then resume it.
+    cut = tmp_path / "cut"
+    assert train_cli.main(["--resume", str(cut), "--iterations", "4"]) == 0
+    full, resumed = scalars(tmp_path / "full"), scalars(cut)
+    for tag in ["adapt/return_step_0", "adapt/return_step_1", "loss/surrogate_before"]:
+        assert [s for s, _ in resumed[tag]] == [0, 1, 2, 3], tag
+        assert resumed[tag] == full[tag], tag
+
+
+def test_cuda_update_runs_when_cuda_exists(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA on this machine")
+    assert train_cli.main([*TINY, "--device", "cuda", "--logdir", str(tmp_path)]) == 0
+
+
+def test_maml_trpo_learns_to_adapt_on_point_nav(tmp_path):
+    """After a small budget the return after one inner step clearly beats the return before."""
+    args = [
+        "--env", "point-nav", "--iterations", "8", "--meta-batch-size", "10",
+        "--episodes-per-task", "10", "--hidden-sizes", "32", "32", "--workers", "0",
+        "--eval-every", "0", "--logdir", str(tmp_path), "--run-name", "learn",
+    ]  # fmt: skip
+    assert train_cli.main(args) == 0
+    tags = scalars(tmp_path / "learn")
+    before = [v for _, v in tags["adapt/return_step_0"][-3:]]
+    after = [v for _, v in tags["adapt/return_step_1"][-3:]]
+    assert sum(after) / 3 > sum(before) / 3 + 5.0, (before, after)
