@@ -96,8 +96,7 @@ class Run:
 
 def build_run(config: Config, run_dir: Path) -> Run:
     """Make the env pools, sampler, policy and learner for ``config`` (no training)."""
-    from metarl.algos import build_learner
-    from metarl.policies import GaussianMLPPolicy, MLPSpec
+    from metarl.algos import build_learner, build_policy
     from metarl.sampling import make_sampler
 
     if config.torch_threads:
@@ -117,12 +116,11 @@ def build_run(config: Config, run_dir: Path) -> Run:
         act_dim = int(np.prod(probe_env.action_space.shape))
     finally:
         probe_env.close()
-    spec = MLPSpec(obs_dim, act_dim, tuple(config.hidden_sizes), config.activation)
     torch.manual_seed(derive_seed(config.seed, "policy-init"))
-    policy = GaussianMLPPolicy(spec, init_log_std=config.init_log_std).to(device)
+    policy = build_policy(config, obs_dim, act_dim).to(device)
     sampler = make_sampler(
         config.env,
-        spec=spec,
+        spec=policy.spec,
         seed=derive_seed(config.seed, "sampler"),
         workers=None if config.workers < 0 else config.workers,
         horizon=horizon,

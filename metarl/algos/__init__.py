@@ -13,7 +13,19 @@ import torch
 from metarl.algos.maml import MAML, IterationResult, MAMLInnerLoop
 from metarl.config import ALGOS, Config, ConfigError
 
-__all__ = ["ALGOS", "IterationResult", "build_learner"]
+__all__ = ["ALGOS", "IterationResult", "build_learner", "build_policy"]
+
+
+def build_policy(config: Config, obs_dim: int, act_dim: int) -> torch.nn.Module:
+    """The policy ``config.algo`` trains, initialised from the torch RNG.
+
+    Its ``spec`` (a picklable architecture description) is what the sampler's
+    workers use to run it.
+    """
+    from metarl.policies import GaussianMLPPolicy, MLPSpec
+
+    spec = MLPSpec(obs_dim, act_dim, tuple(config.hidden_sizes), config.activation)
+    return GaussianMLPPolicy(spec, init_log_std=config.init_log_std)
 
 
 def build_learner(config: Config, policy, sampler, device: torch.device):
