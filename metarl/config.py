@@ -75,6 +75,21 @@ class Config:
     ppo_clip: float = _key(0.2, "PPO ratio clip epsilon", min=0.0)
     ppo_lr: float = _key(1e-3, "PPO outer learning rate (Adam)", min=0.0)
 
+    # --- RL2 (defaults after garage's RL2-PPO examples: GRU 64, lambda 0.95, 2 episodes) ----
+    rl2_hidden_size: int = _key(64, "RL2: GRU hidden size", min=1)
+    rl2_episodes_per_trial: int = _key(
+        2, "RL2: consecutive episodes of one task sharing the hidden state", min=1
+    )
+    rl2_trials_per_task: int = _key(4, "RL2: trials per task per meta-iteration", min=1)
+    rl2_gae_lambda: float = _key(0.95, "RL2: GAE lambda over the trial", min=0.0, max=1.0)
+    rl2_bptt_chunk: int = _key(
+        0, "RL2: truncated back-propagation chunk length in steps; 0 = the whole trial", min=0
+    )
+    rl2_minibatches: int = _key(4, "RL2: minibatches of whole trials per PPO epoch", min=1)
+    rl2_value_coef: float = _key(0.5, "RL2: weight of the value loss", min=0.0)
+    rl2_entropy_coef: float = _key(0.0, "RL2: weight of the entropy bonus", min=0.0)
+    rl2_max_grad_norm: float = _key(0.5, "RL2: gradient-norm clip (0 = off)", min=0.0)
+
     # --- evaluation and logging ---------------------------------------------------------------
     eval_every: int = _key(
         10, "meta-test on the held-out tasks every N iterations (0 = never)", min=0
