@@ -1,0 +1,21 @@
+"""Task-major vectorised rollouts on CPU -> :class:`EpisodeBatch`.
+
+``make_sampler(name, spec=..., seed=..., workers=...)`` then
+``sampler.sample(tasks, params, episodes_per_task=E, batch_key=(it, "train", 0))``.
+Sampling is data-only: it never changes weights.
+"""
+
+from metarl.sampling.batch import EpisodeBatch, NonFiniteEnvError, SamplerError
+from metarl.sampling.rollout import noise_rng, reset_seed
+from metarl.sampling.sampler import Sampler, SampleStats, make_sampler
+
+__all__ = [
+    "EpisodeBatch",
+    "NonFiniteEnvError",
+    "SampleStats",
+    "Sampler",
+    "SamplerError",
+    "make_sampler",
+    "noise_rng",
+    "reset_seed",
+]

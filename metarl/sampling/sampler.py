@@ -1,0 +1,483 @@
+"""The Sampler: task-major vectorised rollouts on CPU, in-process or in worker processes.
+
+``make_sampler(name, spec=..., seed=..., workers=...)`` builds one. Each call of
+:meth:`Sampler.sample` splits the tasks into contiguous blocks, one per worker
+(worker ``w`` gets tasks ``[a_w, b_w)``), ships each worker its block's tasks
+and parameter arrays in one message, and gets the block's whole episodes back
+in one message. Inside a worker every (task, episode) pair is a sub-env stepped
+in lock-step with one batched numpy policy evaluation per step (see
+:mod:`metarl.sampling.rollout`). Env instances persist across calls.
+
+Sampling is data-only: it never changes weights. All randomness of a call
+comes from ``(seed, batch_key, task index, episode index)``, so the batch is
+identical for any number of workers (0 = in-process).
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextlib
+import multiprocessing as mp
+import multiprocessing.connection
+import os
+import time
+import weakref
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from metarl.policies.gaussian_mlp import MLPSpec
+from metarl.registry import resolve
+from metarl.sampling.batch import EpisodeBatch, NonFiniteEnvError, SamplerError
+from metarl.sampling.rollout import BlockRequest, GaussianMLPActor, RolloutFailure, collect
+from metarl.sampling.worker import SINGLE_THREAD_ENV, WorkerInit, make_pool, worker_main
+
+_POLL_S = 0.2
+
+
+@dataclass(frozen=True)
+class SampleStats:
+    """Timing of the last :meth:`Sampler.sample` call (the trainer logs it)."""
+
+    wall_s: float
+    env_steps: int
+    env_steps_per_s: float
+    n_tasks: int
+    episodes_per_task: int
+    workers: int
+    worker_busy_s: tuple[float, ...]  # time each worker spent collecting its block
+
+
+@dataclass
+class _Worker:
+    process: Any
+    conn: Any
+    pid: int
+
+
+class Sampler:
+    """Collects :class:`EpisodeBatch` es of a task family; see the module docstring.
+
+    Use :func:`make_sampler` to build one. A context manager; :meth:`close`
+    stops the workers (also done at interpreter exit).
+    """
+
+    def __init__(
+        self,
+        env_name: str,
+        *,
+        spec: MLPSpec,
+        seed: int,
+        workers: int | None = None,
+        horizon: int | None = None,
+        env_kwargs: dict | None = None,
+        fast: bool = True,
+        max_envs_per_worker: int = 256,
+        mp_context: str = "spawn",
+        start_timeout: float = 300.0,
+        timeout: float | None = None,
+    ) -> None:
+        self.family = resolve(env_name)
+        self.env_name = env_name
+        self.spec = spec
+        self.seed = int(seed)
+        self.n_workers = (os.cpu_count() or 1) if workers is None else int(workers)
+        if self.n_workers < 0:
+            raise ValueError(f"workers must be >= 0 (0 = in-process), got {workers}")
+        self.horizon = int(horizon or self.family.horizon)
+        self.env_kwargs = dict(env_kwargs or {})
+        self.fast = fast
+        self.max_envs_per_worker = int(max_envs_per_worker)
+        self.timeout = timeout
+        self.start_timeout = start_timeout
+        self._ctx = mp.get_context(mp_context)
+        self._workers: list[_Worker] = []
+        self._pool = None
+        self._call_id = 0
+        self._closed = False
+        self.last_stats: SampleStats | None = None
+        self.fast_path = False
+        if self.n_workers == 0:
+            self._pool = make_pool(self.family, self.horizon, self.env_kwargs, self.fast)
+            info = {
+                "obs_dim": self._pool.obs_dim,
+                "act_dim": self._pool.act_dim,
+                "fast_path": self._pool.uses_fast_path,
+            }
+        else:
+            info = self._start_workers()
+        self.obs_dim: int = info["obs_dim"]
+        self.act_dim: int = info["act_dim"]
+        self.fast_path = bool(info["fast_path"])
+        if (spec.obs_dim, spec.act_dim) != (self.obs_dim, self.act_dim):
+            self.close()
+            raise ValueError(
+                f"{self.family.name!r} has obs_dim={self.obs_dim}, act_dim={self.act_dim}, "
+                f"but the policy spec has obs_dim={spec.obs_dim}, act_dim={spec.act_dim}"
+            )
+        _LIVE.add(self)
+
+    # -- workers ------------------------------------------------------------------
+    @property
+    def worker_pids(self) -> list[int]:
+        """Process ids of the live workers (empty in-process)."""
+        return [w.pid for w in self._workers]
+
+    def _start_workers(self) -> dict:
+        init = WorkerInit(
+            family=self.family,
+            horizon=self.horizon,
+            env_kwargs=self.env_kwargs,
+            spec=self.spec,
+            fast=self.fast,
+            max_envs=self.max_envs_per_worker,
+            parent_pid=os.getpid(),
+        )
+        saved = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
+        os.environ.update(SINGLE_THREAD_ENV)
+        try:
+            for _ in range(self.n_workers):
+                parent, child = self._ctx.Pipe(duplex=True)
+                proc = self._ctx.Process(
+                    target=worker_main, args=(child, init), daemon=True, name="metarl-sampler"
+                )
+                proc.start()
+                child.close()
+                self._workers.append(_Worker(proc, parent, proc.pid))
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
+        infos = []
+        deadline = time.monotonic() + self.start_timeout
+        try:
+            for i, w in enumerate(self._workers):
+                msg = self._recv(w, i, deadline, during="start-up")
+                if msg[0] == "init_error":
+                    raise SamplerError(
+                        f"worker {i} could not make {self.family.name!r}: {msg[1]}\n"
+                        f"--- worker traceback ---\n{msg[2]}"
+                    )
+                infos.append(msg[1])
+        except BaseException:
+            self._stop_workers()
+            raise
+        return infos[0]
+
+    def _recv(self, w: _Worker, index: int, deadline: float | None, during: str) -> tuple:
+        while True:
+            if w.conn.poll(_POLL_S):
+                try:
+                    return w.conn.recv()
+                except (EOFError, OSError):  # the pipe closed: the worker is gone
+                    raise SamplerError(self._death_message(w, index, during)) from None
+            if not w.process.is_alive() and not w.conn.poll(0):
+                raise SamplerError(self._death_message(w, index, during))
+            if deadline is not None and time.monotonic() > deadline:
+                raise SamplerError(
+                    f"worker {index} (pid {w.pid}) of {self.family.name!r} did not answer "
+                    f"within the time limit during {during}"
+                )
+
+    def _death_message(self, w: _Worker, index: int, during: str) -> str:
+        w.process.join(0.1)
+        code = w.process.exitcode
+        how = (
+            f"was killed by signal {-code}"
+            if code is not None and code < 0
+            else (f"exited with code {code}")
+        )
+        return f"worker {index} (pid {w.pid}) of {self.family.name!r} {how} during {during}"
+
+    def _stop_workers(self) -> None:
+        workers, self._workers = self._workers, []
+        for w in workers:
+            with contextlib.suppress(BrokenPipeError, EOFError, OSError):
+                w.conn.send(("close",))
+        deadline = time.monotonic() + 2.0
+        for w in workers:
+            w.process.join(max(0.0, deadline - time.monotonic()))
+            if w.process.is_alive():
+                w.process.terminate()
+                w.process.join(1.0)
+            if w.process.is_alive():
+                w.process.kill()
+                w.process.join(1.0)
+            w.conn.close()
+
+    # -- sampling -----------------------------------------------------------------
+    def sample(
+        self,
+        tasks: Sequence,
+        params: Sequence[Mapping[str, np.ndarray]] | Mapping[str, np.ndarray],
+        *,
+        episodes_per_task: int,
+        batch_key: tuple[int | str, ...],
+    ) -> EpisodeBatch:
+        """Run ``episodes_per_task`` episodes of each task; see :class:`EpisodeBatch`.
+
+        Args:
+            tasks: the ``T`` tasks (family task objects).
+            params: one numpy param dict per task (keys as
+                ``GaussianMLPPolicy.named_parameters``) or one dict for all tasks.
+            episodes_per_task: ``E``.
+            batch_key: unique key of this call, e.g. ``(iteration, "train", step)``;
+                with the sampler's seed it determines all randomness of the call.
+        """
+        if self._closed:
+            raise SamplerError(f"the sampler of {self.family.name!r} is closed")
+        tasks = tuple(tasks)
+        if not tasks:
+            raise ValueError("sample: tasks is empty")
+        if episodes_per_task < 1:
+            raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
+        batch_key = _check_batch_key(batch_key)
+        stacked, shared = _stack_params(params, len(tasks), self.spec)
+        start = time.perf_counter()
+        if self.n_workers == 0:
+            req = BlockRequest(
+                tasks,
+                range(len(tasks)),
+                stacked,
+                episodes_per_task,
+                self.horizon,
+                self.seed,
+                batch_key,
+            )
+            try:
+                arrays = collect(
+                    self._pool,
+                    GaussianMLPActor(self.spec, stacked),
+                    req,
+                    max_envs=self.max_envs_per_worker,
+                )
+            except RolloutFailure as failure:
+                raise _to_error(failure, "") from failure
+            busy = (time.perf_counter() - start,)
+        else:
+            arrays, busy = self._sample_workers(
+                tasks, stacked, shared, episodes_per_task, batch_key
+            )
+        batch = _to_batch(arrays, tasks)
+        wall = time.perf_counter() - start
+        steps = batch.env_steps
+        self.last_stats = SampleStats(
+            wall,
+            steps,
+            steps / max(wall, 1e-9),
+            len(tasks),
+            episodes_per_task,
+            self.n_workers,
+            busy,
+        )
+        return batch
+
+    def _sample_workers(self, tasks, stacked, shared, episodes, batch_key):
+        if not self._workers:  # restarted after a worker died
+            self._start_workers()
+        self._call_id += 1
+        call_id = self._call_id
+        blocks = [b for b in np.array_split(np.arange(len(tasks)), len(self._workers)) if b.size]
+        pending: dict[int, tuple[int, int]] = {}
+        for w_index, block in enumerate(blocks):
+            a, b = int(block[0]), int(block[-1]) + 1
+            block_params = stacked if shared else {k: v[a:b] for k, v in stacked.items()}
+            req = BlockRequest(
+                tasks[a:b], range(a, b), block_params, episodes, self.horizon, self.seed, batch_key
+            )
+            w = self._workers[w_index]
+            try:
+                w.conn.send(("sample", call_id, req))
+            except (BrokenPipeError, EOFError, OSError):
+                self._fail_dead(w, w_index, tasks, a, b)
+            pending[w_index] = (a, b)
+        results: dict[int, dict] = {}
+        busy: dict[int, float] = {}
+        deadline = None if self.timeout is None else time.monotonic() + self.timeout
+        try:
+            while pending:
+                conns = {self._workers[i].conn: i for i in pending}
+                for conn in mp.connection.wait(list(conns), timeout=_POLL_S):
+                    i = conns[conn]
+                    try:
+                        msg = conn.recv()
+                    except (EOFError, OSError):  # the pipe closed: the worker is gone
+                        a, b = pending[i]
+                        self._fail_dead(self._workers[i], i, tasks, a, b)
+                    if msg[1] != call_id:
+                        continue  # a stale answer of an earlier, failed call
+                    if msg[0] == "error":
+                        raise _to_error(RolloutFailure(msg[2], msg[3], msg[4]), f"worker {i}")
+                    results[i], busy[i] = msg[2], msg[3]
+                    del pending[i]
+                for i, (a, b) in list(pending.items()):
+                    w = self._workers[i]
+                    if not w.process.is_alive() and not w.conn.poll(0):  # (poll: EOF or a reply)
+                        self._fail_dead(w, i, tasks, a, b)
+                if deadline is not None and time.monotonic() > deadline:
+                    raise SamplerError(
+                        f"sampling {self.family.name!r} took longer than {self.timeout} s; "
+                        f"workers {sorted(pending)} did not answer"
+                    )
+        except KeyboardInterrupt:
+            self._stop_workers()  # they are mid-call; restart on the next sample()
+            raise
+        arrays = {
+            k: np.concatenate([results[i][k] for i in range(len(blocks))]) for k in results[0]
+        }
+        return arrays, tuple(busy[i] for i in range(len(blocks)))
+
+    def _fail_dead(self, w: _Worker, index: int, tasks: tuple, a: int, b: int) -> None:
+        shown = ", ".join(f"{i}: {tasks[i]!r}" for i in range(a, min(b, a + 3)))
+        more = ", ..." if b - a > 3 else ""
+        msg = self._death_message(w, index, f"sampling tasks {a}..{b - 1} ({shown}{more})")
+        self._stop_workers()  # the next sample() starts fresh workers
+        raise SamplerError(
+            msg + "; no traceback (the process died); workers are restarted on the next sample()"
+        )
+
+    # -- lifetime -----------------------------------------------------------------
+    def close(self) -> None:
+        """Stop the workers and close the envs; idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._stop_workers()
+        if self._pool is not None:
+            self._pool.close()
+            self._pool = None
+        _LIVE.discard(self)
+
+    def __enter__(self) -> Sampler:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):  # interpreter shutdown
+            self.close()
+
+    def __repr__(self) -> str:
+        return (
+            f"Sampler({self.family.name!r}, workers={self.n_workers}, "
+            f"horizon={self.horizon}, fast_path={self.fast_path})"
+        )
+
+
+def make_sampler(
+    env_name: str,
+    *,
+    spec: MLPSpec,
+    seed: int,
+    workers: int | None = None,
+    horizon: int | None = None,
+    env_kwargs: dict | None = None,
+    **options: Any,
+) -> Sampler:
+    """A :class:`Sampler` of the family ``env_name`` for policies of architecture ``spec``.
+
+    ``workers``: ``None`` = one process per core (``os.cpu_count()``), ``0`` =
+    in-process (debugging, tests). ``horizon``: episode length (default: the
+    family's). ``options``: ``fast`` (step ``env.unwrapped`` when only passive
+    wrappers sit on top; bit-identical, default True), ``max_envs_per_worker``
+    (sub-envs stepped at once per process, default 256), ``mp_context``
+    (``"spawn"`` or ``"forkserver"``), ``timeout`` (seconds per call, default none).
+    """
+    return Sampler(
+        env_name,
+        spec=spec,
+        seed=seed,
+        workers=workers,
+        horizon=horizon,
+        env_kwargs=env_kwargs,
+        **options,
+    )
+
+
+# -- helpers ------------------------------------------------------------------------
+def _check_batch_key(batch_key: Any) -> tuple:
+    if not isinstance(batch_key, tuple) or not batch_key:
+        raise TypeError(f"batch_key must be a non-empty tuple of ints and strs, got {batch_key!r}")
+    for k in batch_key:
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer, str)):
+            raise TypeError(f"batch_key elements must be ints or strs, got {k!r} in {batch_key!r}")
+        if not isinstance(k, str) and k < 0:
+            raise ValueError(f"batch_key ints must be >= 0, got {batch_key!r}")
+    return tuple(k if isinstance(k, str) else int(k) for k in batch_key)
+
+
+def _as_numpy(value: Any) -> np.ndarray:
+    if isinstance(value, torch.Tensor):
+        value = value.detach().to("cpu", torch.float64).numpy()
+    return np.asarray(value, dtype=np.float64)
+
+
+def _stack_params(params: Any, n_tasks: int, spec: MLPSpec) -> tuple[dict, bool]:
+    shared = isinstance(params, Mapping)
+    per_task = [params] if shared else list(params)
+    if not shared and len(per_task) != n_tasks:
+        raise ValueError(f"got {len(per_task)} param dicts for {n_tasks} tasks")
+    sizes = (spec.obs_dim, *spec.hidden_sizes, spec.act_dim)
+    expected = {"log_std": (spec.act_dim,)}
+    for i in range(spec.n_layers):
+        expected[f"layers.{i}.weight"] = (sizes[i + 1], sizes[i])
+        expected[f"layers.{i}.bias"] = (sizes[i + 1],)
+    stacked = {}
+    for key, shape in expected.items():
+        arrays = []
+        for t, p in enumerate(per_task):
+            if key not in p:
+                raise KeyError(f"params of task {t} lack {key!r}; have {sorted(p)}")
+            arr = _as_numpy(p[key])
+            if arr.shape != shape:
+                raise ValueError(
+                    f"params of task {t}: {key} has shape {arr.shape}, expected {shape} for {spec}"
+                )
+            arrays.append(arr)
+        stacked[key] = np.stack(arrays)
+    return stacked, shared
+
+
+def _to_error(failure: RolloutFailure, who: str) -> SamplerError:
+    cls = NonFiniteEnvError if failure.kind == "nonfinite" else SamplerError
+    text = failure.message
+    if who:
+        text = f"{who}: {text}"
+    if failure.tb:
+        text += f"\n--- {'worker ' if who else ''}traceback ---\n{failure.tb}"
+    return cls(text)
+
+
+def _to_batch(arrays: dict[str, np.ndarray], tasks: tuple) -> EpisodeBatch:
+    lengths = torch.from_numpy(arrays["lengths"])
+    horizon = arrays["rewards"].shape[2]
+    mask = (torch.arange(horizon)[None, None, :] < lengths[:, :, None]).float()
+    rewards = torch.from_numpy(arrays["rewards"])
+    returns = rewards.double().sum(-1).float()
+    return EpisodeBatch(
+        observations=torch.from_numpy(arrays["observations"]),
+        actions=torch.from_numpy(arrays["actions"]),
+        rewards=rewards,
+        log_probs=torch.from_numpy(arrays["log_probs"]),
+        terminated=torch.from_numpy(arrays["terminated"]),
+        mask=mask,
+        lengths=lengths,
+        returns=returns,
+        tasks=tasks,
+        final_observations=torch.from_numpy(arrays["final_observations"]),
+    )
+
+
+_LIVE: weakref.WeakSet = weakref.WeakSet()
+
+
+@atexit.register
+def _close_all() -> None:
+    for sampler in list(_LIVE):
+        sampler.close()

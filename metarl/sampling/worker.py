@@ -1,0 +1,132 @@
+"""A persistent rollout worker process and its handle in the learner process.
+
+Protocol over one ``multiprocessing`` pipe, one message per *call*, never per step:
+
+* learner -> worker: ``("sample", call_id, BlockRequest)`` or ``("close",)``;
+* worker -> learner: ``("ready", info)`` once after start-up (or
+  ``("init_error", message, traceback)``), then per request
+  ``("result", call_id, arrays, busy_s)`` or ``("error", call_id, kind, message, traceback)``.
+
+Workers ignore SIGINT (Ctrl-C is handled by the learner, which closes them),
+exit when the pipe closes or the parent process is gone, and never touch torch
+or a GPU: they get numpy parameter arrays and return numpy arrays.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+import traceback
+from dataclasses import dataclass
+from typing import Any
+
+from metarl.policies.gaussian_mlp import MLPSpec
+from metarl.registry import FamilySpec, register_family, resolve
+from metarl.sampling.rollout import EnvPool, GaussianMLPActor, RolloutFailure, collect
+
+# BLAS threads would fight the other workers for the cores; set in the child's
+# environment before numpy is imported there.
+SINGLE_THREAD_ENV = {
+    "OMP_NUM_THREADS": "1",
+    "OPENBLAS_NUM_THREADS": "1",
+    "MKL_NUM_THREADS": "1",
+    "VECLIB_MAXIMUM_THREADS": "1",
+    "NUMEXPR_NUM_THREADS": "1",
+}
+
+
+@dataclass(frozen=True)
+class WorkerInit:
+    """Everything a worker needs to build its envs (picklable)."""
+
+    family: FamilySpec
+    horizon: int
+    env_kwargs: dict
+    spec: MLPSpec
+    fast: bool
+    max_envs: int
+    parent_pid: int
+
+
+def make_pool(family: FamilySpec, horizon: int, env_kwargs: dict, fast: bool) -> EnvPool:
+    """An :class:`EnvPool` for ``family``, registering it here if this process lacks it."""
+    try:
+        known = resolve(family.name)
+    except KeyError:
+        known = None
+    if known is None or known.entry_point != family.entry_point or known.gym_id != family.gym_id:
+        register_family(
+            family.name,
+            family.entry_point,
+            varies=family.varies,
+            horizon=family.horizon,
+            gym_id=family.gym_id,
+            summary=family.summary,
+            kwargs=family.kwargs,
+            override=True,
+        )
+    import gymnasium
+
+    def make() -> Any:
+        return gymnasium.make(family.gym_id, max_episode_steps=horizon, **env_kwargs)
+
+    return EnvPool(make, family=family.name, fast=fast)
+
+
+def worker_main(conn: Any, init: WorkerInit) -> None:
+    """Entry point of a worker process: build envs, then serve requests until closed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        pool = make_pool(init.family, init.horizon, init.env_kwargs, init.fast)
+    except BaseException as exc:  # noqa: BLE001 - reported to the learner
+        _send(conn, ("init_error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
+        return
+    info = {
+        "obs_dim": pool.obs_dim,
+        "act_dim": pool.act_dim,
+        "fast_path": pool.uses_fast_path,
+        "pid": os.getpid(),
+    }
+    if not _send(conn, ("ready", info)):
+        return
+    try:
+        while True:
+            if not conn.poll(1.0):
+                if os.getppid() != init.parent_pid:  # the learner is gone
+                    return
+                continue
+            msg = conn.recv()
+            if msg[0] == "close":
+                return
+            _, call_id, req = msg
+            start = time.perf_counter()
+            try:
+                actor = GaussianMLPActor(init.spec, req.params)
+                arrays = collect(pool, actor, req, max_envs=init.max_envs)
+            except RolloutFailure as failure:
+                reply = ("error", call_id, failure.kind, failure.message, failure.tb)
+            except Exception as exc:  # noqa: BLE001 - reported to the learner
+                reply = (
+                    "error",
+                    call_id,
+                    "env",
+                    f"{type(exc).__name__}: {exc}",
+                    traceback.format_exc(),
+                )
+            else:
+                reply = ("result", call_id, arrays, time.perf_counter() - start)
+            if not _send(conn, reply):
+                return
+    except (EOFError, OSError):
+        return
+    finally:
+        pool.close()
+
+
+def _send(conn: Any, msg: tuple) -> bool:
+    try:
+        conn.send(msg)
+        return True
+    except (BrokenPipeError, EOFError, OSError):
+        return False
