@@ -24,6 +24,11 @@ def build_policy(config: Config, obs_dim: int, act_dim: int) -> torch.nn.Module:
     """
     from metarl.policies import GaussianMLPPolicy, MLPSpec
 
+    if config.algo == "rl2":
+        from metarl.policies.recurrent import GaussianGRUPolicy, GRUSpec
+
+        gru = GRUSpec(obs_dim, act_dim, config.rl2_hidden_size)
+        return GaussianGRUPolicy(gru, init_log_std=config.init_log_std)
     spec = MLPSpec(obs_dim, act_dim, tuple(config.hidden_sizes), config.activation)
     return GaussianMLPPolicy(spec, init_log_std=config.init_log_std)
 
@@ -59,6 +64,26 @@ def build_learner(config: Config, policy, sampler, device: torch.device):
                 inner, epochs=config.ppo_epochs, clip=config.ppo_clip, lr=config.ppo_lr
             )
         return MAML(config.algo, inner, outer, episodes_per_task=config.episodes_per_task)
+    if config.algo == "rl2":
+        from metarl.algos.rl2 import RL2
+
+        return RL2(
+            policy,
+            sampler,
+            trials_per_task=config.rl2_trials_per_task,
+            episodes_per_trial=config.rl2_episodes_per_trial,
+            discount=config.discount,
+            gae_lambda=config.rl2_gae_lambda,
+            epochs=config.ppo_epochs,
+            clip=config.ppo_clip,
+            lr=config.ppo_lr,
+            minibatches=config.rl2_minibatches,
+            value_coef=config.rl2_value_coef,
+            entropy_coef=config.rl2_entropy_coef,
+            max_grad_norm=config.rl2_max_grad_norm,
+            bptt_chunk=config.rl2_bptt_chunk,
+            device=device,
+        )
     raise ConfigError(
         f"config key 'algo': {config.algo!r} is not implemented yet. Known: {', '.join(ALGOS)}"
     )

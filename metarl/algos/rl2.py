@@ -1,0 +1,203 @@
+"""RL2 (Duan et al. 2016; Wang et al. 2016): a recurrent policy that adapts within a trial.
+
+A *trial* is K consecutive episodes of one task; the GRU's hidden state runs
+through the whole trial (reset only between trials), and it sees the previous
+action, reward and done flag, so it can identify the task from experience and
+exploit it in later episodes. The trial is the RL episode: discounting and
+GAE run across the episode boundaries inside a trial and stop at its end.
+The policy and its value head are trained by PPO over minibatches of whole
+trials, with optional truncated back-propagation through time.
+
+Shapes: T tasks, R trials per task, B = T * R trials, L = K * horizon steps
+per trial (episodes are laid end to end; padding only after the trial ends).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+
+import torch
+
+from metarl.algos.maml import IterationResult
+from metarl.policies.gaussian_mlp import gaussian_log_prob, params_to_numpy
+from metarl.policies.recurrent import GaussianGRUPolicy, rl2_inputs
+from metarl.returns import explained_variance, gae_advantages, normalize_advantages
+
+ENTROPY_CONST = 0.5 * math.log(2.0 * math.pi * math.e)
+
+
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over every real step (a scalar)."""
+    return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+class RL2:
+    """The RL2 meta-learner (same interface as :class:`~metarl.algos.maml.MAML`)."""
+
+    name = "rl2"
+
+    def __init__(
+        self,
+        policy: GaussianGRUPolicy,
+        sampler,
+        *,
+        trials_per_task: int,
+        episodes_per_trial: int,
+        discount: float,
+        gae_lambda: float,
+        epochs: int,
+        clip: float,
+        lr: float,
+        minibatches: int,
+        value_coef: float,
+        entropy_coef: float,
+        max_grad_norm: float,
+        bptt_chunk: int,
+        device: torch.device,
+    ) -> None:
+        self.policy = policy
+        self.sampler = sampler
+        self.trials_per_task = trials_per_task
+        self.episodes_per_trial = episodes_per_trial
+        self.discount = discount
+        self.gae_lambda = gae_lambda
+        self.epochs = epochs
+        self.clip = clip
+        self.minibatches = minibatches
+        self.value_coef = value_coef
+        self.entropy_coef = entropy_coef
+        self.max_grad_norm = max_grad_norm
+        self.bptt_chunk = bptt_chunk
+        self.device = device
+        self.optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
+        self.rejected_updates = 0
+
+    # -- data ----------------------------------------------------------------------------
+    def _sample(self, tasks: list, *, trials: int, episodes: int, batch_key: tuple):
+        return self.sampler.sample_trials(
+            tasks,
+            params_to_numpy(self.policy.params()),
+            trials_per_task=trials,
+            episodes_per_trial=episodes,
+            batch_key=batch_key,
+        )
+
+    def train_iteration(self, tasks: list, iteration: int) -> IterationResult:
+        start = time.perf_counter()
+        batch = self._sample(
+            tasks,
+            trials=self.trials_per_task,
+            episodes=self.episodes_per_trial,
+            batch_key=(iteration, "train"),
+        )
+        t_sample = time.perf_counter() - start
+        start = time.perf_counter()
+        scalars = self.update(batch)
+        episode_means = batch.episode_returns.mean(dim=(0, 1))  # [K]
+        return IterationResult(
+            returns_per_step=[float(r) for r in episode_means],
+            env_steps=batch.env_steps,
+            times={"sampling": t_sample, "adaptation": 0.0, "update": time.perf_counter() - start},
+            scalars=scalars,
+        )
+
+    def meta_test(
+        self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
+    ) -> torch.Tensor:
+        """Mean return of episode k = 1..adapt_steps+1 of a trial, per task: ``[K, T]``.
+
+        ``episodes_per_task`` is read as trials per task (each of ``adapt_steps + 1``
+        episodes) so the data budget matches MAML's meta-test.
+        """
+        batch = self._sample(
+            tasks,
+            trials=max(1, episodes_per_task // (adapt_steps + 1)),
+            episodes=adapt_steps + 1,
+            batch_key=batch_key,
+        )
+        return batch.episode_returns.mean(dim=1).T  # [K, T]
+
+    # -- the PPO update over whole trials -----------------------------------------------------
+    def update(self, batch) -> dict[str, float]:
+        flat = {
+            name: getattr(batch, name).flatten(0, 1).to(self.device)
+            for name in ("observations", "actions", "rewards", "dones", "mask")
+        }
+        inputs = rl2_inputs(flat["observations"], flat["actions"], flat["rewards"], flat["dones"])
+        actions, mask = flat["actions"], flat["mask"]
+        with torch.no_grad():
+            mean, values = self.policy(inputs)
+            old_log_probs = gaussian_log_prob(actions, mean, self.policy.log_std)
+            advantages = gae_advantages(
+                flat["rewards"], values, mask, self.discount, self.gae_lambda
+            )
+            returns = (advantages + values) * mask
+            norm_adv = normalize_advantages(advantages, mask)
+        stats: dict[str, float] = {
+            "baseline/explained_variance": explained_variance(values, returns, mask)
+        }
+        n_trials = inputs.shape[0]
+        mb_size = max(1, math.ceil(n_trials / self.minibatches))
+        sums = {"loss/policy": 0.0, "loss/value": 0.0, "ppo/entropy": 0.0,
+                "ppo/approx_kl": 0.0, "ppo/clip_fraction": 0.0}  # fmt: skip
+        n_updates = 0
+        for _ in range(self.epochs):
+            order = torch.randperm(n_trials)
+            for idx in order.split(mb_size):
+                step = self._minibatch_step(
+                    inputs[idx], actions[idx], mask[idx], old_log_probs[idx], norm_adv[idx],
+                    returns[idx],
+                )  # fmt: skip
+                if step is None:
+                    stats["ppo/rejected_nonfinite"] = 1.0
+                    continue
+                for key, value in step.items():
+                    sums[key] += value
+                n_updates += 1
+        stats.update({k: v / max(n_updates, 1) for k, v in sums.items()})
+        return stats
+
+    def _minibatch_step(self, inputs, actions, mask, old_log_probs, advantages, returns):
+        """One Adam step on a minibatch of trials; ``None`` if loss or gradient is not finite."""
+        mean, values = self.policy(inputs, bptt_chunk=self.bptt_chunk)
+        log_probs = gaussian_log_prob(actions, mean, self.policy.log_std)
+        log_ratio = log_probs - old_log_probs
+        ratio = torch.exp(log_ratio)
+        clipped = torch.clamp(ratio, 1.0 - self.clip, 1.0 + self.clip)
+        policy_loss = -masked_mean(torch.min(ratio * advantages, clipped * advantages), mask)
+        value_loss = masked_mean((values - returns).pow(2), mask)
+        entropy = (self.policy.log_std + ENTROPY_CONST).sum()
+        loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy
+        self.optimizer.zero_grad()
+        loss.backward()
+        grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
+        if not (torch.isfinite(loss.detach()) and all(torch.isfinite(g).all() for g in grads)):
+            self.optimizer.zero_grad()
+            self.rejected_updates += 1
+            return None
+        if self.max_grad_norm > 0:
+            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        self.optimizer.step()
+        with torch.no_grad():
+            return {
+                "loss/policy": float(policy_loss),
+                "loss/value": float(value_loss),
+                "ppo/entropy": float(entropy),
+                "ppo/approx_kl": float(masked_mean((ratio - 1) - log_ratio, mask)),
+                "ppo/clip_fraction": float(
+                    masked_mean(((ratio - 1).abs() > self.clip).float(), mask)
+                ),
+            }
+
+    def state_dict(self) -> dict:
+        return {
+            "policy": self.policy.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rejected_updates": self.rejected_updates,
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.policy.load_state_dict(state["policy"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.rejected_updates = int(state.get("rejected_updates", 0))

@@ -1,0 +1,120 @@
+"""The RL2 policy: a GRU over (observation, previous action, previous reward, done flag).
+
+Its hidden state is kept across the episodes of one *trial* (K consecutive
+episodes of one task) and reset between trials, so the policy can adapt to
+the task within the trial. A Gaussian head gives the action distribution
+(state-independent log-std) and a value head on the same recurrent features
+gives the critic.
+
+The learner uses :class:`GaussianGRUPolicy` (torch); rollout workers use
+:class:`NumpyGRUActor`-style code through :func:`numpy_gru_step`, which
+implements exactly ``torch.nn.GRU``'s equations on numpy arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class GRUSpec:
+    """Architecture of the RL2 policy; everything a worker needs besides weights."""
+
+    obs_dim: int
+    act_dim: int
+    hidden_size: int = 64
+
+    @property
+    def input_dim(self) -> int:
+        """obs, previous action, previous reward, previous done."""
+        return self.obs_dim + self.act_dim + 2
+
+
+def rl2_inputs(
+    observations: torch.Tensor, actions: torch.Tensor, rewards: torch.Tensor, dones: torch.Tensor
+) -> torch.Tensor:
+    """The GRU inputs of whole trials, built from what the trial recorded.
+
+    Step t sees ``[obs_t, a_{t-1}, r_{t-1}, done_{t-1}]``, with zeros at t = 0
+    (the trial start). ``done_{t-1}`` is 1 when step t-1 ended an episode, so
+    the first step of every later episode of the trial sees the last action
+    and reward of the previous episode together with done = 1.
+
+    Args:
+        observations: ``[B, L, D]``; actions ``[B, L, A]``; rewards, dones ``[B, L]``.
+    Returns:
+        ``[B, L, D + A + 2]``.
+    """
+    prev = torch.cat([actions, rewards.unsqueeze(-1), dones.to(rewards.dtype).unsqueeze(-1)], -1)
+    prev = torch.cat([torch.zeros_like(prev[:, :1]), prev[:, :-1]], dim=1)
+    return torch.cat([observations, prev], dim=-1)
+
+
+class GaussianGRUPolicy(nn.Module):
+    """GRU -> (Gaussian mean, value), with a learned state-independent log-std."""
+
+    def __init__(self, spec: GRUSpec, *, init_log_std: float = 0.0) -> None:
+        super().__init__()
+        self.spec = spec
+        self.gru = nn.GRU(spec.input_dim, spec.hidden_size, batch_first=True)
+        self.mean_head = nn.Linear(spec.hidden_size, spec.act_dim)
+        self.value_head = nn.Linear(spec.hidden_size, 1)
+        self.log_std = nn.Parameter(torch.full((spec.act_dim,), float(init_log_std)))
+        with torch.no_grad():  # small initial actions, as is usual for PPO policies
+            self.mean_head.weight.mul_(0.01)
+            self.mean_head.bias.zero_()
+
+    def forward(
+        self, inputs: torch.Tensor, *, bptt_chunk: int = 0
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Run whole trials from a zero hidden state.
+
+        Args:
+            inputs: ``[B, L, input_dim]`` (see :func:`rl2_inputs`).
+            bptt_chunk: if > 0, gradients do not flow back further than this
+                many steps (truncated back-propagation through time); the
+                forward values are the same.
+        Returns:
+            mean ``[B, L, A]`` and value ``[B, L]``.
+        """
+        b, length, _ = inputs.shape
+        h = inputs.new_zeros(1, b, self.spec.hidden_size)
+        chunk = bptt_chunk if bptt_chunk > 0 else length
+        features = []
+        for start in range(0, length, chunk):
+            out, h = self.gru(inputs[:, start : start + chunk], h)
+            features.append(out)
+            h = h.detach()
+        feats = torch.cat(features, dim=1)
+        return self.mean_head(feats), self.value_head(feats).squeeze(-1)
+
+    def params(self) -> dict[str, torch.Tensor]:
+        """The parameters as a dict (what the sampler ships to its workers)."""
+        return dict(self.named_parameters())
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """The logistic function without exp overflow for large |x|."""
+    return 0.5 * (1.0 + np.tanh(0.5 * x))
+
+
+def numpy_gru_step(params: Mapping[str, np.ndarray], x: np.ndarray, h: np.ndarray) -> np.ndarray:
+    """One ``torch.nn.GRU`` step on numpy arrays: ``x [B, in]``, ``h [B, H]`` -> ``[B, H]``."""
+    gi = x @ params["gru.weight_ih_l0"].T + params["gru.bias_ih_l0"]
+    gh = h @ params["gru.weight_hh_l0"].T + params["gru.bias_hh_l0"]
+    i_r, i_z, i_n = np.split(gi, 3, axis=-1)
+    h_r, h_z, h_n = np.split(gh, 3, axis=-1)
+    r = _sigmoid(i_r + h_r)
+    z = _sigmoid(i_z + h_z)
+    n = np.tanh(i_n + r * h_n)
+    return (1.0 - z) * n + z * h
+
+
+def numpy_gru_mean(params: Mapping[str, np.ndarray], h: np.ndarray) -> np.ndarray:
+    """Action mean from hidden states: ``[B, H] -> [B, A]``."""
+    return h @ params["mean_head.weight"].T + params["mean_head.bias"]
