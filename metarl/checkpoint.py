@@ -1,21 +1,49 @@
 """Checkpoints: atomic writes, the last K kept, the best by meta-test return.
 
-A checkpoint is one ``torch.save`` dict (see :func:`save_checkpoint`). It is
-written to a temporary file in the same folder, fsynced and renamed over the
-target, so a kill at any moment leaves the previous checkpoint readable.
+A checkpoint is one ``torch.save`` dict, written by :mod:`metarl.train`:
+
+=====================  =========================================================
+key                    what
+=====================  =========================================================
+``format_version``     :data:`FORMAT_VERSION`
+``iteration``          the last finished iteration (0-based); resume starts after it
+``env_steps``          env steps collected so far
+``best_test_return``   the best meta-test return so far (``best.pt`` holds that policy)
+``counters``           loop counters, e.g. rejected (non-finite) updates in total / in a row
+``config``             the resolved config (a dict of every key)
+``learner``            ``learner.state_dict()``: policy, optimiser (MAML-PPO's Adam), ...
+``rng``                the global RNG states: torch (and CUDA), numpy, python ``random``
+=====================  =========================================================
+
+What needs no saved state: every random stream of training (each iteration's
+meta-batch, the sampler's env reset seeds and action noise, the task pools) is
+derived statelessly from ``(seed, iteration, task, episode, ...)`` by
+:mod:`metarl.seeding`, so there is no task RNG or per-worker seed to save; and
+the linear feature baseline is refit on every batch, so it has no state across
+iterations. The global RNG states are saved anyway in case a plug-in env or
+policy draws from them.
+
+Each file is written to a temporary file in the same folder, fsynced and
+renamed over the target (then the folder is fsynced), so a kill at any moment
+leaves the previous checkpoint readable; a kill mid-write leaves only a stale
+``.NAME.tmp-PID`` file, which :func:`remove_stale_temporaries` clears.
 """
 
 from __future__ import annotations
 
 import os
+import random
 import re
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 FORMAT_VERSION = 1
+REQUIRED_KEYS = ("iteration", "env_steps", "config", "learner")
 _PERIODIC = re.compile(r"^iter_(\d{6})\.pt$")
+_TEMPORARY = re.compile(r"^\..+\.tmp-\d+$")
 
 
 class CheckpointError(RuntimeError):
@@ -26,16 +54,55 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
     """``torch.save`` to ``path`` via temp file + fsync + rename (crash-safe)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(obj, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a write error or a second Ctrl-C: the target is untouched
+        tmp.unlink(missing_ok=True)
+        raise
     dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_stale_temporaries(run_dir: Path) -> list[Path]:
+    """Delete the half-written temporary files a killed run left; returns them."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    stale = [p for p in folder.iterdir() if _TEMPORARY.match(p.name)]
+    for p in stale:
+        p.unlink(missing_ok=True)
+    return stale
+
+
+def capture_rng_states() -> dict[str, Any]:
+    """The global RNG states of this process (torch, CUDA when present, numpy, python)."""
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": np.random.get_state(),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def restore_rng_states(states: dict[str, Any]) -> None:
+    """Set the global RNGs from :func:`capture_rng_states` (CUDA only where it exists)."""
+    torch.set_rng_state(states["torch"])
+    if "numpy" in states:  # absent from checkpoints written before it was saved
+        np.random.set_state(states["numpy"])
+    if "python" in states:
+        random.setstate(states["python"])
+    if "cuda" in states and torch.cuda.is_available():
+        devices = min(len(states["cuda"]), torch.cuda.device_count())
+        torch.cuda.set_rng_state_all(states["cuda"][:devices])
 
 
 def checkpoint_dir(run_dir: Path) -> Path:
@@ -67,17 +134,23 @@ def periodic_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint file; clear errors when it is missing or corrupt."""
+    """Load a checkpoint file; a one-line :class:`CheckpointError` if it is missing or corrupt."""
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        raise CheckpointError(f"checkpoint {str(path)!r} is unreadable (corrupt?): {exc}") from exc
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is unreadable (corrupt?): {reason}"
+        ) from exc
     if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is not a metarl v{FORMAT_VERSION} checkpoint"
         )
+    missing = [key for key in REQUIRED_KEYS if key not in state]
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} is incomplete: it lacks {missing}")
     return state
 
 
@@ -89,3 +162,21 @@ def latest_checkpoint(run_dir: Path) -> Path:
     if not found:
         raise CheckpointError(f"run directory {str(run_dir)!r} holds no checkpoint")
     return found[-1]
+
+
+def load_latest(run_dir: Path) -> dict[str, Any]:
+    """Load the newest periodic checkpoint; if it is corrupt, say which older one exists.
+
+    A corrupt newest checkpoint is an error, not a silent fall-back: with atomic
+    writes it means the disk or a person changed the file.
+    """
+    path = latest_checkpoint(run_dir)
+    try:
+        return load_checkpoint(path)
+    except CheckpointError as exc:
+        older = periodic_checkpoints(run_dir)[:-1]
+        if not older:
+            raise
+        raise CheckpointError(
+            f"{exc}; move it aside to resume from the older {older[-1].name}"
+        ) from exc

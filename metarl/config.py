@@ -107,6 +107,9 @@ class Config:
     checkpoint_every: int = _key(10, "write a checkpoint every N iterations", min=1)
     keep_checkpoints: int = _key(3, "keep the last K periodic checkpoints", min=1)
     torch_threads: int = _key(1, "torch intra-op threads in the learner (0 = torch default)", min=0)
+    max_consecutive_rejections: int = _key(
+        5, "stop the run after this many non-finite (rejected) updates in a row", min=1
+    )
 
     def __post_init__(self) -> None:
         validate(self)
