@@ -5,7 +5,8 @@ last action received (2 values)]``. Reward of step ``t`` is ``t + 1``. A task
 can end its episodes early (``end_at``: terminate at step ``end_at - 1``, so the
 episode has ``end_at`` steps), truncate them (``truncate_at``), raise in
 ``step`` (``raise_at``), return a NaN (``nan_at``, in the observation;
-``nan_reward_at``, in the reward), or sleep each step (``sleep``).
+``nan_reward_at``, in the reward), raise in ``reset`` (``raise_on_reset``) or
+sleep each step (``sleep``).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class CountingTask:
     nan_at: int = -1
     nan_reward_at: int = -1
     sleep: float = 0.0
+    raise_on_reset: bool = False
 
 
 class CountingEnv(TaskFamilyMixin, gymnasium.Env):
@@ -53,6 +55,8 @@ class CountingEnv(TaskFamilyMixin, gymnasium.Env):
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         task = self._require_task()
+        if task.raise_on_reset:
+            raise RuntimeError("counting env asked to fail at reset")
         super().reset(seed=seed)
         self._t = 0
         self._seed = -1 if seed is None else int(seed)
