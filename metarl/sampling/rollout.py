@@ -181,9 +181,18 @@ def _waves(n_tasks: int, episodes: int, max_envs: int) -> list[tuple[int, int, i
 
 
 def collect(
-    pool: EnvPool, actor: GaussianMLPActor, req: BlockRequest, *, max_envs: int = 256
+    pool: EnvPool,
+    actor: GaussianMLPActor,
+    req: BlockRequest,
+    *,
+    max_envs: int = 256,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run every episode of ``req`` and return the block's arrays (task-major, padded)."""
+    """Run every episode of ``req`` and return the block's arrays (task-major, padded).
+
+    ``should_stop`` is polled every few steps (a worker passes "is my parent
+    gone?"); when it returns True the call is abandoned.
+    """
     tb, ep, h, d, a = len(req.tasks), req.episodes, req.horizon, pool.obs_dim, pool.act_dim
     out = {
         "observations": np.zeros((tb, ep, h, d), np.float32),
@@ -195,7 +204,7 @@ def collect(
         "final_observations": np.zeros((tb, ep, d), np.float32),
     }
     for t0, t1, e0, e1 in _waves(tb, ep, max_envs):
-        _collect_wave(pool, actor, req, out, t0, t1, e0, e1)
+        _collect_wave(pool, actor, req, out, t0, t1, e0, e1, should_stop)
     mask = np.arange(h)[None, None, :] < out["lengths"][:, :, None]
     for key in ("observations", "actions"):
         out[key][~mask] = 0.0
@@ -224,6 +233,7 @@ def _collect_wave(
     t1: int,
     e0: int,
     e1: int,
+    should_stop: Callable[[], bool] | None = None,
 ) -> None:
     tc, ec, h, d, a = t1 - t0, e1 - e0, req.horizon, pool.obs_dim, pool.act_dim
     n = tc * ec
@@ -262,6 +272,8 @@ def _collect_wave(
     rew = np.zeros(n, np.float64)
     low, high, act_dtype = pool.low, pool.high, pool.action_dtype
     for t in range(h):
+        if should_stop is not None and t % 16 == 0 and should_stop():
+            raise RolloutFailure("abort", "sampling was abandoned (the learner process is gone)")
         obs32 = obs.astype(np.float32)
         obs_out[:, :, t] = obs32.reshape(tc, ec, d)
         mean, log_std = actor.mean_log_std(obs32.astype(np.float64).reshape(tc, ec, d))

@@ -194,12 +194,13 @@ class Sampler:
         )
         return f"worker {index} (pid {w.pid}) of {self.family.name!r} {how} during {during}"
 
-    def _stop_workers(self) -> None:
+    def _stop_workers(self, *, graceful: bool = True) -> None:
+        """Ask the workers to exit (``graceful``: let them finish), then terminate, then kill."""
         workers, self._workers = self._workers, []
         for w in workers:
             with contextlib.suppress(BrokenPipeError, EOFError, OSError):
                 w.conn.send(("close",))
-        deadline = time.monotonic() + 2.0
+        deadline = time.monotonic() + (2.0 if graceful else 0.0)
         for w in workers:
             w.process.join(max(0.0, deadline - time.monotonic()))
             if w.process.is_alive():
@@ -325,7 +326,7 @@ class Sampler:
                         f"workers {sorted(pending)} did not answer"
                     )
         except KeyboardInterrupt:
-            self._stop_workers()  # they are mid-call; restart on the next sample()
+            self._stop_workers(graceful=False)  # they are mid-call; restarted by the next call
             raise
         arrays = {
             k: np.concatenate([results[i][k] for i in range(len(blocks))]) for k in results[0]
@@ -336,7 +337,7 @@ class Sampler:
         shown = ", ".join(f"{i}: {tasks[i]!r}" for i in range(a, min(b, a + 3)))
         more = ", ..." if b - a > 3 else ""
         msg = self._death_message(w, index, f"sampling tasks {a}..{b - 1} ({shown}{more})")
-        self._stop_workers()  # the next sample() starts fresh workers
+        self._stop_workers(graceful=False)  # the next sample() starts fresh workers
         raise SamplerError(
             msg + "; no traceback (the process died); workers are restarted on the next sample()"
         )

@@ -103,8 +103,16 @@ def worker_main(conn: Any, init: WorkerInit) -> None:
             start = time.perf_counter()
             try:
                 actor = GaussianMLPActor(init.spec, req.params)
-                arrays = collect(pool, actor, req, max_envs=init.max_envs)
+                arrays = collect(
+                    pool,
+                    actor,
+                    req,
+                    max_envs=init.max_envs,
+                    should_stop=lambda: os.getppid() != init.parent_pid,
+                )
             except RolloutFailure as failure:
+                if failure.kind == "abort":
+                    return
                 reply = ("error", call_id, failure.kind, failure.message, failure.tb)
             except Exception as exc:  # noqa: BLE001 - reported to the learner
                 reply = (
