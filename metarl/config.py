@@ -67,6 +67,16 @@ class Config:
     max_kl: float = _key(0.01, "TRPO trust region: max mean KL of the adapted policies", min=0.0)
     cg_iters: int = _key(10, "conjugate-gradient iterations", min=1)
     cg_damping: float = _key(1e-5, "damping added to the Fisher-vector product", min=0.0)
+    trpo_fisher: str = _key(
+        "adapted",
+        "Fisher for the natural gradient: 'adapted' = of the adapted policies w.r.t. their own "
+        "parameters (fast; step direction within cosine 0.999 of 'full' in tests), 'full' = "
+        "the KL differentiated through the inner loop",
+        choices=("adapted", "full"),
+    )
+    fisher_subsample: float = _key(
+        0.25, "fraction of validation steps (strided) used for the Fisher", min=0.01, max=1.0
+    )
     ls_max_backtracks: int = _key(15, "line search: maximum tries", min=1)
     ls_backtrack_ratio: float = _key(0.5, "line search: step shrink factor", min=0.0, max=1.0)
 

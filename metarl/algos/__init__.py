@@ -56,6 +56,8 @@ def build_learner(config: Config, policy, sampler, device: torch.device):
                 cg_damping=config.cg_damping,
                 ls_max_backtracks=config.ls_max_backtracks,
                 ls_backtrack_ratio=config.ls_backtrack_ratio,
+                fisher=config.trpo_fisher,
+                fisher_subsample=config.fisher_subsample,
             )
         else:
             from metarl.algos.maml_ppo import PPOUpdate
