@@ -115,6 +115,17 @@ class Run:
     device: torch.device
 
 
+def make_probe_env(config: Config, horizon: int):
+    """One env of the family, to build the task pools; bad ``env_kwargs`` are bad input."""
+    try:
+        return registry.make_env(config.env, horizon=horizon, **config.env_kwargs)
+    except TypeError as exc:
+        raise ConfigError(
+            f"config key 'env_kwargs': {config.env_kwargs!r} is not accepted by "
+            f"{config.env!r}: {_first_line(exc)}"
+        ) from exc
+
+
 def build_run(config: Config, run_dir: Path) -> Run:
     """Make the env pools, sampler, policy and learner for ``config`` (no training)."""
     from metarl.algos import build_learner, build_policy
@@ -125,7 +136,7 @@ def build_run(config: Config, run_dir: Path) -> Run:
     device = resolve_device(config.device)
     family = registry.resolve(config.env)
     horizon = config.horizon or family.horizon
-    probe_env = registry.make_env(config.env, horizon=horizon, **config.env_kwargs)
+    probe_env = make_probe_env(config, horizon)
     try:
         pools = make_task_pools(
             probe_env,
