@@ -56,7 +56,9 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--episodes", type=int, default=None, help="per task; default 20 (4)")
     parser.add_argument("--horizon", type=int, default=None, help="default 200 (100)")
     parser.add_argument("--workers", type=int, default=None, help="default: one per core")
-    parser.add_argument("--repeats", type=int, default=None, help="timed calls; default 3 (2)")
+    parser.add_argument(
+        "--repeats", type=int, default=None, help="timed calls; default 3 (quick: 5)"
+    )
     parser.add_argument("--no-fast", action="store_true", help="step through the wrappers")
     parser.add_argument("--max-envs", type=int, default=256, help="sub-envs per worker at once")
     parser.add_argument("--seed", type=int, default=0)
@@ -64,7 +66,7 @@ def main(argv: list[str] | None = None) -> float:
     tasks_n = args.tasks or (8 if args.quick else 40)
     episodes = args.episodes or (4 if args.quick else 20)
     horizon = args.horizon or (100 if args.quick else 200)
-    repeats = args.repeats or (2 if args.quick else 3)
+    repeats = args.repeats or (5 if args.quick else 3)
     single_steps = 4000 if args.quick else 10000
 
     import torch
