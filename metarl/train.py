@@ -364,8 +364,9 @@ def train(run: Run, progress: Progress | None = None) -> int:
     # purge_step drops any events a killed run logged after its last checkpoint.
     logger = RunLogger(run.run_dir, purge_step=progress.next_iteration or None)
     logger.probe_layout(min(cfg.n_probe_tasks, cfg.test_pool_size), cfg.eval_adapt_steps)
+    stop = StopRequest()
     try:
-        with StopRequest() as stop:
+        with stop:
             for iteration in range(progress.next_iteration, cfg.iterations):
                 train_step(run, logger, progress, iteration)
                 stop_if_rejecting(run, progress, iteration)
@@ -388,7 +389,10 @@ def train(run: Run, progress: Progress | None = None) -> int:
         print(f"\nInterrupted. {resume_hint(run.run_dir)}", file=sys.stderr, flush=True)
         return 128 + (stop.signum or signal.SIGINT)
     except SamplerError as exc:
-        raise RunFailure(_first_line(exc), resume_hint(run.run_dir)) from exc
+        message = _first_line(exc)
+        if stop.requested:  # e.g. SIGTERM sent to the whole process group
+            message += " (after a stop signal: it probably reached the rollout workers too)"
+        raise RunFailure(message, resume_hint(run.run_dir)) from exc
     finally:
         logger.close()
         run.sampler.close()
