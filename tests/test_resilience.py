@@ -194,10 +194,12 @@ def _slow_iteration_script(slow_iteration: int) -> str:
 
 def test_second_ctrl_c_exits_at_once_with_the_last_checkpoint_intact(tmp_path):
     run_dir = tmp_path / "r"
-    args = [*TINY, *QUIET, "--iterations", "5", "--checkpoint-every", "1",
+    args = [*TINY, *QUIET, "--iterations", "5", "--checkpoint-every", "1", "--workers", "2",
             "--logdir", str(tmp_path), "--run-name", "r"]  # fmt: skip
     live = LiveCLI(["-c", _slow_iteration_script(2), *args], cwd=tmp_path)
     wait_until(lambda: "iter 2/5" in live.out(), 60, "iteration 2")
+    workers = [p for p, cmd in children_of(live.proc.pid).items() if "spawn_main" in cmd]
+    assert len(workers) == 2
     wait_until(lambda: len(ckpt_names(run_dir)) == 2, 30, "the checkpoint of iteration 2")
     before = fingerprint(run_dir / "checkpoints")
     os.killpg(live.proc.pid, signal.SIGINT)
@@ -210,6 +212,7 @@ def test_second_ctrl_c_exits_at_once_with_the_last_checkpoint_intact(tmp_path):
     assert "Traceback" not in live.err()
     assert fingerprint(run_dir / "checkpoints") == before
     assert load_latest(run_dir)["iteration"] == 1
+    wait_until(lambda: not any(alive(p) for p in workers), 5, "the workers to be gone")
 
 
 _KILLED_WRITE_SCRIPT = """
