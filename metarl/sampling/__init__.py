@@ -8,6 +8,7 @@ Sampling is data-only: it never changes weights.
 from metarl.sampling.batch import EpisodeBatch, NonFiniteEnvError, SamplerError
 from metarl.sampling.rollout import noise_rng, reset_seed
 from metarl.sampling.sampler import Sampler, SampleStats, make_sampler
+from metarl.sampling.trials import TrialBatch
 
 __all__ = [
     "EpisodeBatch",
@@ -15,6 +16,7 @@ __all__ = [
     "SampleStats",
     "Sampler",
     "SamplerError",
+    "TrialBatch",
     "make_sampler",
     "noise_rng",
     "reset_seed",

@@ -22,7 +22,7 @@ import multiprocessing.connection
 import os
 import time
 import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,10 +30,18 @@ import numpy as np
 import torch
 
 from metarl.policies.gaussian_mlp import MLPSpec
+from metarl.policies.recurrent import GRUSpec
 from metarl.registry import resolve
 from metarl.sampling.batch import EpisodeBatch, NonFiniteEnvError, SamplerError
-from metarl.sampling.rollout import BlockRequest, GaussianMLPActor, RolloutFailure, collect
-from metarl.sampling.worker import SINGLE_THREAD_ENV, WorkerInit, make_pool, worker_main
+from metarl.sampling.rollout import BlockRequest, RolloutFailure
+from metarl.sampling.trials import TrialBatch, TrialRequest, to_trial_batch
+from metarl.sampling.worker import (
+    SINGLE_THREAD_ENV,
+    WorkerInit,
+    make_pool,
+    run_request,
+    worker_main,
+)
 
 _POLL_S = 0.2
 
@@ -69,7 +77,7 @@ class Sampler:
         self,
         env_name: str,
         *,
-        spec: MLPSpec,
+        spec: MLPSpec | GRUSpec,
         seed: int,
         workers: int | None = None,
         horizon: int | None = None,
@@ -239,46 +247,82 @@ class Sampler:
             raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
         batch_key = _check_batch_key(batch_key)
         stacked, shared = _stack_params(params, len(tasks), self.spec)
+
+        def request(a: int, b: int) -> BlockRequest:
+            block_params = stacked if shared else {k: v[a:b] for k, v in stacked.items()}
+            return BlockRequest(
+                tasks[a:b], range(a, b), block_params, episodes_per_task, self.horizon,
+                self.seed, batch_key,
+            )  # fmt: skip
+
         start = time.perf_counter()
-        if self.n_workers == 0:
-            req = BlockRequest(
-                tasks,
-                range(len(tasks)),
-                stacked,
-                episodes_per_task,
-                self.horizon,
-                self.seed,
-                batch_key,
+        arrays, busy = self._run(tasks, request)
+        batch = _to_batch(arrays, tasks)
+        self._record(start, batch.env_steps, len(tasks), episodes_per_task, busy)
+        return batch
+
+    def sample_trials(
+        self,
+        tasks: Sequence,
+        params: Mapping[str, np.ndarray],
+        *,
+        trials_per_task: int,
+        episodes_per_trial: int,
+        batch_key: tuple[int | str, ...],
+    ) -> TrialBatch:
+        """RL2 trials: ``trials_per_task`` trials of ``episodes_per_trial`` episodes per task.
+
+        The hidden state of the GRU policy (``params``, one shared dict) is carried
+        across the episodes of a trial and reset between trials; see
+        :mod:`metarl.sampling.trials` for the layout and :class:`TrialBatch` for shapes.
+        """
+        if self._closed:
+            raise SamplerError(f"the sampler of {self.family.name!r} is closed")
+        if not isinstance(self.spec, GRUSpec):
+            raise TypeError(f"sample_trials needs a sampler made with a GRUSpec, not {self.spec}")
+        tasks = tuple(tasks)
+        if not tasks:
+            raise ValueError("sample_trials: tasks is empty")
+        if trials_per_task < 1 or episodes_per_trial < 1:
+            raise ValueError(
+                f"trials_per_task and episodes_per_trial must be >= 1, "
+                f"got {trials_per_task} and {episodes_per_trial}"
             )
+        batch_key = _check_batch_key(batch_key)
+        arrays_params = {k: _as_numpy(v) for k, v in params.items()}
+
+        def request(a: int, b: int) -> TrialRequest:
+            return TrialRequest(
+                tasks[a:b], range(a, b), arrays_params, trials_per_task, episodes_per_trial,
+                self.horizon, self.seed, batch_key,
+            )  # fmt: skip
+
+        start = time.perf_counter()
+        arrays, busy = self._run(tasks, request)
+        batch = to_trial_batch(arrays, tasks)
+        self._record(start, batch.env_steps, len(tasks), trials_per_task * episodes_per_trial, busy)
+        return batch
+
+    def _record(self, start: float, steps: int, n_tasks: int, episodes: int, busy) -> None:
+        wall = time.perf_counter() - start
+        self.last_stats = SampleStats(
+            wall, steps, steps / max(wall, 1e-9), n_tasks, episodes, self.n_workers, busy
+        )
+
+    def _run(self, tasks: tuple, request: Callable[[int, int], Any]) -> tuple[dict, tuple]:
+        """Collect ``request(a, b)`` for task blocks, in-process or one block per worker."""
+        if self.n_workers == 0:
+            start = time.perf_counter()
             try:
-                arrays = collect(
-                    self._pool,
-                    GaussianMLPActor(self.spec, stacked),
-                    req,
-                    max_envs=self.max_envs_per_worker,
+                arrays = run_request(
+                    self._pool, self.spec, request(0, len(tasks)), self.max_envs_per_worker
                 )
             except RolloutFailure as failure:
                 raise _to_error(failure, "") from failure
-            busy = (time.perf_counter() - start,)
-        else:
-            arrays, busy = self._sample_workers(
-                tasks, stacked, shared, episodes_per_task, batch_key
-            )
-        batch = _to_batch(arrays, tasks)
-        wall = time.perf_counter() - start
-        steps = batch.env_steps
-        self.last_stats = SampleStats(
-            wall,
-            steps,
-            steps / max(wall, 1e-9),
-            len(tasks),
-            episodes_per_task,
-            self.n_workers,
-            busy,
-        )
-        return batch
+            return arrays, (time.perf_counter() - start,)
+        return self._sample_workers(tasks, request)
 
-    def _sample_workers(self, tasks, stacked, shared, episodes, batch_key):
+    def _sample_workers(self, tasks, request):
         if not self._workers:  # restarted after a worker died
             self._start_workers()
         self._call_id += 1
@@ -287,10 +331,7 @@ class Sampler:
         pending: dict[int, tuple[int, int]] = {}
         for w_index, block in enumerate(blocks):
             a, b = int(block[0]), int(block[-1]) + 1
-            block_params = stacked if shared else {k: v[a:b] for k, v in stacked.items()}
-            req = BlockRequest(
-                tasks[a:b], range(a, b), block_params, episodes, self.horizon, self.seed, batch_key
-            )
+            req = request(a, b)
             w = self._workers[w_index]
             try:
                 w.conn.send(("sample", call_id, req))
@@ -374,7 +415,7 @@ class Sampler:
 def make_sampler(
     env_name: str,
     *,
-    spec: MLPSpec,
+    spec: MLPSpec | GRUSpec,
     seed: int,
     workers: int | None = None,
     horizon: int | None = None,

@@ -2,7 +2,7 @@
 
 Protocol over one ``multiprocessing`` pipe, one message per *call*, never per step:
 
-* learner -> worker: ``("sample", call_id, BlockRequest)`` or ``("close",)``;
+* learner -> worker: ``("sample", call_id, BlockRequest | TrialRequest)`` or ``("close",)``;
 * worker -> learner: ``("ready", info)`` once after start-up (or
   ``("init_error", message, traceback)``), then per request
   ``("result", call_id, arrays, busy_s)`` or ``("error", call_id, kind, message, traceback)``.
@@ -22,8 +22,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from metarl.policies.gaussian_mlp import MLPSpec
+from metarl.policies.recurrent import GRUSpec
 from metarl.registry import FamilySpec, register_family, resolve
-from metarl.sampling.rollout import EnvPool, GaussianMLPActor, RolloutFailure, collect
+from metarl.sampling.rollout import (
+    BlockRequest,
+    EnvPool,
+    GaussianMLPActor,
+    RolloutFailure,
+    collect,
+)
+from metarl.sampling.trials import TrialRequest, collect_trials
 
 # BLAS threads would fight the other workers for the cores; set in the child's
 # environment before numpy is imported there.
@@ -43,10 +51,19 @@ class WorkerInit:
     family: FamilySpec
     horizon: int
     env_kwargs: dict
-    spec: MLPSpec
+    spec: MLPSpec | GRUSpec
     fast: bool
     max_envs: int
     parent_pid: int
+
+
+def run_request(
+    pool: EnvPool, spec: MLPSpec | GRUSpec, req: BlockRequest | TrialRequest, max_envs: int
+) -> dict:
+    """Collect one request: episodes of per-task MLP policies, or RL2 trials of a GRU policy."""
+    if isinstance(req, TrialRequest):
+        return collect_trials(pool, spec, req, max_envs=max_envs)
+    return collect(pool, GaussianMLPActor(spec, req.params), req, max_envs=max_envs)
 
 
 def make_pool(family: FamilySpec, horizon: int, env_kwargs: dict, fast: bool) -> EnvPool:
