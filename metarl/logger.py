@@ -15,6 +15,19 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 
 
+def return_tag(prefix: str, k: int, unit: str) -> str:
+    """The tag of the return after the k-th unit of adaptation (k counts from 0).
+
+    MAML (``unit="step"``): ``<prefix>/return_step_k``, k = 0 before adapting.
+    RL2 (``unit="episode"``): ``<prefix>/return_episode_{k+1}``, the (k+1)-th episode of a trial.
+    """
+    if unit == "step":
+        return f"{prefix}/return_step_{k}"
+    if unit == "episode":
+        return f"{prefix}/return_episode_{k + 1}"
+    raise ValueError(f"unit must be 'step' or 'episode', got {unit!r}")
+
+
 class RunLogger:
     """A thin layer over ``SummaryWriter``: scalars by dict, one flush per iteration."""
 
@@ -26,26 +39,25 @@ class RunLogger:
         for tag, value in values.items():
             self.writer.add_scalar(tag, float(value), step)
 
-    def probe_layout(self, n_probe_tasks: int, adapt_steps: int) -> None:
-        """Group per-task curves: one chart per adaptation step, one curve per probe task."""
+    def probe_layout(self, n_probe_tasks: int, adapt_steps: int, unit: str = "step") -> None:
+        """Custom-scalars charts for the probe tasks (TensorBoard's *Custom Scalars* tab).
+
+        One chart per adaptation step (or RL2 episode) with every probe task as its
+        own curve, and one chart per probe task with a curve per step.
+        """
         if n_probe_tasks == 0:
             return
-        by_step = {
-            f"return after {k} adaptation step(s)": [
-                "Multiline",
-                [rf"probe/task_\d+/return_step_{k}$"],
-            ]
-            for k in range(adapt_steps + 1)
-        }
-        by_task = {
-            f"task {i}: return by adaptation step": [
-                "Multiline",
-                [rf"probe/task_{i}/return_step_\d+$"],
-            ]
+        names = [return_tag("", k, unit).lstrip("/") for k in range(adapt_steps + 1)]
+        each_task_a_curve = {name: ["Multiline", [rf"probe/task_\d+/{name}$"]] for name in names}
+        each_step_a_curve = {
+            f"task {i}": ["Multiline", [rf"probe/task_{i}/return_{unit}_\d+$"]]
             for i in range(n_probe_tasks)
         }
         self.writer.add_custom_scalars(
-            {"probe tasks (per task)": by_step, "probe tasks (per step)": by_task}
+            {
+                "probe tasks: one curve per task": each_task_a_curve,
+                f"probe tasks: one curve per adaptation {unit}": each_step_a_curve,
+            }
         )
 
     def flush(self) -> None:

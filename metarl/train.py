@@ -54,7 +54,7 @@ from metarl.config import (
     save_config,
 )
 from metarl.envs.base import TaskPools, make_task_pools
-from metarl.logger import RunLogger
+from metarl.logger import RunLogger, return_tag
 from metarl.sampling import SamplerError
 from metarl.seeding import derive_rng, derive_seed
 
@@ -244,10 +244,11 @@ def meta_test(run: Run, logger: RunLogger, iteration: int) -> float:
         episodes_per_task=cfg.episodes_per_task,
         batch_key=("test", iteration),
     )  # [K + 1, T]
-    scalars = {f"test/return_step_{k}": float(per_task[k].mean()) for k in range(per_task.shape[0])}
+    unit = run.learner.adaptation_unit
+    scalars = {return_tag("test", k, unit): float(per_task[k].mean()) for k in range(len(per_task))}
     for i in range(min(cfg.n_probe_tasks, per_task.shape[1])):
         for k in range(per_task.shape[0]):
-            scalars[f"probe/task_{i}/return_step_{k}"] = float(per_task[k, i])
+            scalars[return_tag(f"probe/task_{i}", k, unit)] = float(per_task[k, i])
     logger.scalars(scalars, iteration)
     return float(per_task[-1].mean())
 
@@ -288,7 +289,8 @@ def train_step(run: Run, logger: RunLogger, progress: Progress, iteration: int) 
     progress.env_steps += result.env_steps
     rejected = any(k.endswith(REJECTED_SUFFIX) and v > 0 for k, v in result.scalars.items())
     progress.count_update(rejected)
-    scalars = {f"adapt/return_step_{k}": r for k, r in enumerate(result.returns_per_step)}
+    unit = run.learner.adaptation_unit
+    scalars = {return_tag("adapt", k, unit): r for k, r in enumerate(result.returns_per_step)}
     scalars.update(result.scalars)
     scalars.update({f"time/{k}": v for k, v in result.times.items()})
     scalars.update(
@@ -363,7 +365,11 @@ def train(run: Run, progress: Progress | None = None) -> int:
     progress = progress or Progress()
     # purge_step drops any events a killed run logged after its last checkpoint.
     logger = RunLogger(run.run_dir, purge_step=progress.next_iteration or None)
-    logger.probe_layout(min(cfg.n_probe_tasks, cfg.test_pool_size), cfg.eval_adapt_steps)
+    logger.probe_layout(
+        min(cfg.n_probe_tasks, cfg.test_pool_size),
+        cfg.eval_adapt_steps,
+        run.learner.adaptation_unit,
+    )
     stop = StopRequest()
     try:
         with stop:

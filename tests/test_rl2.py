@@ -168,3 +168,63 @@ def tiny_rl2_args(tmp_path):
         "--eval-adapt-steps", "2", "--episodes-per-task", "3", "--train-pool-size", "10",
         "--logdir", str(tmp_path), "--run-name", "rl2",
     ]  # fmt: skip
+
+
+def test_sampler_trials_are_the_same_with_0_and_2_workers():
+    from metarl.registry import register_family
+    from metarl.sampling import make_sampler
+
+    register_family("counting", "tests.counting_env:CountingEnv", varies="goal", horizon=4)
+    policy = make_policy()
+    tasks = [CountingTask(id=i, end_at=2 + i % 3) for i in range(5)]
+    batches = []
+    for workers in (0, 2):
+        with make_sampler("counting", spec=SPEC, seed=3, workers=workers) as sampler:
+            batches.append(
+                sampler.sample_trials(
+                    tasks,
+                    params_to_numpy(policy.params()),
+                    trials_per_task=2,
+                    episodes_per_trial=2,
+                    batch_key=(1, "train"),
+                )  # fmt: skip
+            )
+    a, b = batches
+    assert a.observations.shape == (5, 2, 8, 6)
+    for name in ("observations", "actions", "rewards", "log_probs", "dones", "mask"):
+        assert torch.equal(getattr(a, name), getattr(b, name)), name
+    assert (a.observations[:, :, 0, 0] == torch.arange(5.0)[:, None]).all()  # task-major
+
+
+def test_cli_smoke_run_with_rl2_writes_episode_curves(tmp_path, tiny_rl2_args):
+    from metarl import train as train_cli
+    from tests.test_train_cli import run_cli, scalars
+
+    assert train_cli.main([*tiny_rl2_args, "--workers", "0"]) == 0
+    tags = scalars(tmp_path / "rl2")
+    for tag in ["adapt/return_episode_1", "adapt/return_episode_2", "test/return_episode_3",
+                "probe/task_0/return_episode_1", "ppo/clip_fraction", "ppo/entropy",
+                "ppo/approx_kl", "loss/value", "perf/env_steps_per_s"]:  # fmt: skip
+        assert tag in tags, f"missing {tag}; have {sorted(tags)}"
+    result = run_cli("metarl.evaluate", str(tmp_path / "rl2"), "--adapt-steps", "2",
+                     "--workers", "0", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "ep" in result.stdout
+
+
+def test_rl2_second_episode_beats_the_first_on_point_nav(tmp_path):
+    """With the goal unknown, the second episode of a trial should exploit the first."""
+    from metarl import train as train_cli
+    from tests.test_train_cli import scalars
+
+    args = [
+        "--env", "point-nav", "--algo", "rl2", "--iterations", "40", "--meta-batch-size", "16",
+        "--horizon", "20", "--rl2-trials-per-task", "4", "--rl2-episodes-per-trial", "2",
+        "--workers", "0", "--eval-every", "0", "--logdir", str(tmp_path), "--run-name", "learn",
+        "--ppo-lr", "0.003",
+    ]  # fmt: skip
+    assert train_cli.main(args) == 0
+    tags = scalars(tmp_path / "learn")
+    first = [v for _, v in tags["adapt/return_episode_1"][-5:]]
+    second = [v for _, v in tags["adapt/return_episode_2"][-5:]]
+    assert sum(second) / 5 > sum(first) / 5 + 0.5, (first, second)

@@ -246,6 +246,8 @@ class MAML:
     ``update(data) -> dict[str, float]``, ``state_dict()`` and ``load_state_dict()``.
     """
 
+    adaptation_unit = "step"  # what the k of return_step_k counts
+
     def __init__(self, name: str, inner: MAMLInnerLoop, outer, *, episodes_per_task: int) -> None:
         self.name = name
         self.inner = inner

@@ -35,6 +35,8 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 class RL2:
     """The RL2 meta-learner (same interface as :class:`~metarl.algos.maml.MAML`)."""
 
+    adaptation_unit = "episode"  # what the k of return_episode_k counts
+
     name = "rl2"
 
     def __init__(

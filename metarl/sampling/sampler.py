@@ -20,6 +20,8 @@ import contextlib
 import multiprocessing as mp
 import multiprocessing.connection
 import os
+import signal
+import threading
 import time
 import weakref
 from collections.abc import Callable, Mapping, Sequence
@@ -38,6 +40,7 @@ from metarl.sampling.trials import TrialBatch, TrialRequest, to_trial_batch
 from metarl.sampling.worker import (
     SINGLE_THREAD_ENV,
     WorkerInit,
+    ignore_stop_signals,
     make_pool,
     run_request,
     worker_main,
@@ -146,6 +149,9 @@ class Sampler:
         )
         saved = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
         os.environ.update(SINGLE_THREAD_ENV)
+        # Children inherit ignored signals, so they are protected from their first instant.
+        in_main = threading.current_thread() is threading.main_thread()
+        handlers = ignore_stop_signals() if in_main else {}
         try:
             for _ in range(self.n_workers):
                 parent, child = self._ctx.Pipe(duplex=True)
@@ -156,6 +162,8 @@ class Sampler:
                 child.close()
                 self._workers.append(_Worker(proc, parent, proc.pid))
         finally:
+            for sig, handler in handlers.items():
+                signal.signal(sig, handler)
             for k, v in saved.items():
                 if v is None:
                     os.environ.pop(k, None)
@@ -203,7 +211,10 @@ class Sampler:
         return f"worker {index} (pid {w.pid}) of {self.family.name!r} {how} during {during}"
 
     def _stop_workers(self, *, graceful: bool = True) -> None:
-        """Ask the workers to exit (``graceful``: let them finish), then terminate, then kill."""
+        """Ask the workers to exit (``graceful``: give them 2 s), then kill them.
+
+        Workers ignore SIGTERM (see :mod:`metarl.sampling.worker`), so SIGKILL it is.
+        """
         workers, self._workers = self._workers, []
         for w in workers:
             with contextlib.suppress(BrokenPipeError, EOFError, OSError):
@@ -211,9 +222,6 @@ class Sampler:
         deadline = time.monotonic() + (2.0 if graceful else 0.0)
         for w in workers:
             w.process.join(max(0.0, deadline - time.monotonic()))
-            if w.process.is_alive():
-                w.process.terminate()
-                w.process.join(1.0)
             if w.process.is_alive():
                 w.process.kill()
                 w.process.join(1.0)

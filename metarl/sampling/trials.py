@@ -20,7 +20,7 @@ the batch key, so trials never share noise with the episode sampler.
 from __future__ import annotations
 
 import traceback
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -99,9 +99,17 @@ class TrialRequest:
 
 
 def collect_trials(
-    pool: EnvPool, spec: GRUSpec, req: TrialRequest, *, max_envs: int = 256
+    pool: EnvPool,
+    spec: GRUSpec,
+    req: TrialRequest,
+    *,
+    max_envs: int = 256,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run every trial of ``req``; return the block's arrays (see :class:`TrialBatch`)."""
+    """Run every trial of ``req``; return the block's arrays (see :class:`TrialBatch`).
+
+    ``should_stop`` is polled every 16 steps; when it returns True the call is abandoned.
+    """
     tb, r, k, h = len(req.tasks), req.trials, req.episodes_per_trial, req.horizon
     length, d, a = k * h, pool.obs_dim, pool.act_dim
     out = {
@@ -117,11 +125,11 @@ def collect_trials(
     }
     pairs = [(ti, trial) for ti in range(tb) for trial in range(r)]
     for start in range(0, len(pairs), max(1, max_envs)):
-        _collect_trial_wave(pool, spec, req, out, pairs[start : start + max_envs])
+        _collect_trial_wave(pool, spec, req, out, pairs[start : start + max_envs], should_stop)
     return out
 
 
-def _collect_trial_wave(pool, spec, req, out, pairs) -> None:
+def _collect_trial_wave(pool, spec, req, out, pairs, should_stop) -> None:
     n, k, h = len(pairs), req.episodes_per_trial, req.horizon
     length, d, a = k * h, pool.obs_dim, pool.act_dim
     envs = pool.get(n)
@@ -157,6 +165,8 @@ def _collect_trial_wave(pool, spec, req, out, pairs) -> None:
     low, high, act_dtype = pool.low, pool.high, pool.action_dtype
     rows = [p[0] for p in pairs], [p[1] for p in pairs]
     for t in range(length):
+        if should_stop is not None and t % 16 == 0 and should_stop():
+            raise RolloutFailure("abort", "sampling was abandoned (the learner process is gone)")
         idx = np.flatnonzero(active)
         hidden[idx] = numpy_gru_step(params, np.concatenate([obs[idx], prev[idx]], 1), hidden[idx])
         mean = numpy_gru_mean(params, hidden[idx])

@@ -7,7 +7,7 @@ Protocol over one ``multiprocessing`` pipe, one message per *call*, never per st
   ``("init_error", message, traceback)``), then per request
   ``("result", call_id, arrays, busy_s)`` or ``("error", call_id, kind, message, traceback)``.
 
-Workers ignore SIGINT (Ctrl-C is handled by the learner, which closes them),
+Workers ignore SIGINT and SIGTERM (the learner handles them and closes its workers),
 exit when the pipe closes or the parent process is gone, and never touch torch
 or a GPU: they get numpy parameter arrays and return numpy arrays.
 """
@@ -18,6 +18,7 @@ import os
 import signal
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,13 +58,26 @@ class WorkerInit:
     parent_pid: int
 
 
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def ignore_stop_signals() -> dict:
+    """Ignore SIGINT and SIGTERM; returns the previous handlers (main thread only)."""
+    return {s: signal.signal(s, signal.SIG_IGN) for s in STOP_SIGNALS}
+
+
 def run_request(
-    pool: EnvPool, spec: MLPSpec | GRUSpec, req: BlockRequest | TrialRequest, max_envs: int
+    pool: EnvPool,
+    spec: MLPSpec | GRUSpec,
+    req: BlockRequest | TrialRequest,
+    max_envs: int,
+    should_stop: Callable[[], bool] | None = None,
 ) -> dict:
     """Collect one request: episodes of per-task MLP policies, or RL2 trials of a GRU policy."""
     if isinstance(req, TrialRequest):
-        return collect_trials(pool, spec, req, max_envs=max_envs)
-    return collect(pool, GaussianMLPActor(spec, req.params), req, max_envs=max_envs)
+        return collect_trials(pool, spec, req, max_envs=max_envs, should_stop=should_stop)
+    actor = GaussianMLPActor(spec, req.params)
+    return collect(pool, actor, req, max_envs=max_envs, should_stop=should_stop)
 
 
 def make_pool(family: FamilySpec, horizon: int, env_kwargs: dict, fast: bool) -> EnvPool:
@@ -93,7 +107,9 @@ def make_pool(family: FamilySpec, horizon: int, env_kwargs: dict, fast: bool) ->
 
 def worker_main(conn: Any, init: WorkerInit) -> None:
     """Entry point of a worker process: build envs, then serve requests until closed."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # A terminal's Ctrl-C and a job manager's SIGTERM reach the whole process group;
+    # the learner handles them (finish the iteration, checkpoint, close us).
+    ignore_stop_signals()
     try:
         pool = make_pool(init.family, init.horizon, init.env_kwargs, init.fast)
     except BaseException as exc:  # noqa: BLE001 - reported to the learner
@@ -119,12 +135,11 @@ def worker_main(conn: Any, init: WorkerInit) -> None:
             _, call_id, req = msg
             start = time.perf_counter()
             try:
-                actor = GaussianMLPActor(init.spec, req.params)
-                arrays = collect(
+                arrays = run_request(
                     pool,
-                    actor,
+                    init.spec,
                     req,
-                    max_envs=init.max_envs,
+                    init.max_envs,
                     should_stop=lambda: os.getppid() != init.parent_pid,
                 )
             except RolloutFailure as failure:
