@@ -78,8 +78,9 @@ def main() -> None:
 
     total = statistics.median(t for t, _, _ in rows)
     print(
-        f"median of {len(rows)}: {total:.2f} s per meta-iteration = sampling {median('sampling'):.2f}"
-        f" + adaptation {median('adaptation'):.2f} + update {median('update'):.2f} s; "
+        f"median of {len(rows)}: {total:.2f} s per meta-iteration = "
+        f"sampling {median('sampling'):.2f} + adaptation {median('adaptation'):.2f} "
+        f"+ update {median('update'):.2f} s; "
         f"{statistics.median(s / t for t, _, s in rows):.0f} env-steps/s"
     )
     print(f"update_share: {median('update') / total:.2f}")

@@ -218,10 +218,10 @@ def test_rl2_second_episode_beats_the_first_on_point_nav(tmp_path):
     from tests.test_train_cli import scalars
 
     args = [
-        "--env", "point-nav", "--algo", "rl2", "--iterations", "40", "--meta-batch-size", "16",
+        "--env", "point-nav", "--algo", "rl2", "--iterations", "60", "--meta-batch-size", "32",
         "--horizon", "20", "--rl2-trials-per-task", "4", "--rl2-episodes-per-trial", "2",
         "--workers", "0", "--eval-every", "0", "--logdir", str(tmp_path), "--run-name", "learn",
-        "--ppo-lr", "0.003",
+        "--ppo-lr", "0.003", "--init-log-std", "-1.0",
     ]  # fmt: skip
     assert train_cli.main(args) == 0
     tags = scalars(tmp_path / "learn")

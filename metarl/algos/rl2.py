@@ -73,6 +73,11 @@ class RL2:
         self.bptt_chunk = bptt_chunk
         self.device = device
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
+        named = list(policy.named_parameters())
+        self._clip_groups = [
+            [p for k, p in named if not k.startswith("value_")],
+            [p for k, p in named if k.startswith("value_")],
+        ]
         self.rejected_updates = 0
 
     # -- data ----------------------------------------------------------------------------
@@ -178,8 +183,9 @@ class RL2:
             self.optimizer.zero_grad()
             self.rejected_updates += 1
             return None
-        if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.policy.parameters(), self.max_grad_norm)
+        if self.max_grad_norm > 0:  # actor and critic apart: value gradients are far larger
+            for group in self._clip_groups:
+                torch.nn.utils.clip_grad_norm_(group, self.max_grad_norm)
         self.optimizer.step()
         with torch.no_grad():
             return {

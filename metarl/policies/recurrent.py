@@ -3,8 +3,10 @@
 Its hidden state is kept across the episodes of one *trial* (K consecutive
 episodes of one task) and reset between trials, so the policy can adapt to
 the task within the trial. A Gaussian head gives the action distribution
-(state-independent log-std) and a value head on the same recurrent features
-gives the critic.
+(state-independent log-std). The critic is a second GRU of the same size
+over the same inputs with a linear value head: sharing the policy's GRU let
+the value loss (returns of order 10-100) swamp the policy gradient in the
+shared features, and point-nav did not learn.
 
 The learner uses :class:`GaussianGRUPolicy` (torch); rollout workers use
 :class:`NumpyGRUActor`-style code through :func:`numpy_gru_step`, which
@@ -56,13 +58,14 @@ def rl2_inputs(
 
 
 class GaussianGRUPolicy(nn.Module):
-    """GRU -> (Gaussian mean, value), with a learned state-independent log-std."""
+    """GRU -> Gaussian mean (learned state-independent log-std); a separate GRU -> value."""
 
     def __init__(self, spec: GRUSpec, *, init_log_std: float = 0.0) -> None:
         super().__init__()
         self.spec = spec
         self.gru = nn.GRU(spec.input_dim, spec.hidden_size, batch_first=True)
         self.mean_head = nn.Linear(spec.hidden_size, spec.act_dim)
+        self.value_gru = nn.GRU(spec.input_dim, spec.hidden_size, batch_first=True)
         self.value_head = nn.Linear(spec.hidden_size, 1)
         self.log_std = nn.Parameter(torch.full((spec.act_dim,), float(init_log_std)))
         with torch.no_grad():  # small initial actions, as is usual for PPO policies
@@ -82,20 +85,25 @@ class GaussianGRUPolicy(nn.Module):
         Returns:
             mean ``[B, L, A]`` and value ``[B, L]``.
         """
+        mean = self.mean_head(self._run(self.gru, inputs, bptt_chunk))
+        value = self.value_head(self._run(self.value_gru, inputs, bptt_chunk)).squeeze(-1)
+        return mean, value
+
+    def _run(self, gru: nn.GRU, inputs: torch.Tensor, bptt_chunk: int) -> torch.Tensor:
+        """``[B, L, in] -> [B, L, H]`` from a zero state, detaching every ``bptt_chunk`` steps."""
         b, length, _ = inputs.shape
         h = inputs.new_zeros(1, b, self.spec.hidden_size)
         chunk = bptt_chunk if bptt_chunk > 0 else length
         features = []
         for start in range(0, length, chunk):
-            out, h = self.gru(inputs[:, start : start + chunk], h)
+            out, h = gru(inputs[:, start : start + chunk], h)
             features.append(out)
             h = h.detach()
-        feats = torch.cat(features, dim=1)
-        return self.mean_head(feats), self.value_head(feats).squeeze(-1)
+        return torch.cat(features, dim=1)
 
     def params(self) -> dict[str, torch.Tensor]:
-        """The parameters as a dict (what the sampler ships to its workers)."""
-        return dict(self.named_parameters())
+        """The acting parameters (what the sampler ships to its workers; not the critic)."""
+        return {k: v for k, v in self.named_parameters() if not k.startswith("value_")}
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
