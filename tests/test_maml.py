@@ -221,3 +221,25 @@ def test_adapted_fisher_steps_close_to_the_full_fisher():
         cosine = torch.nn.functional.cosine_similarity(full, steps[key], dim=0)
         assert cosine > 0.5, (key, float(cosine))
     assert not torch.allclose(steps[("full", 1.0)], steps[("adapted", 1.0)])
+
+
+def test_ppo_update_that_turns_non_finite_later_restores_the_parameters():
+    """A blow-up in a later epoch rejects the whole update, not just that epoch."""
+    policy = make_policy()
+    inner = inner_loop(policy, first_order=True)
+    data = adaptation_data(policy, inner)
+    before = copy.deepcopy(policy.state_dict())
+    update = PPOUpdate(inner, epochs=3, clip=0.2, lr=1e-2)
+    real_step = update.optimizer.step
+
+    def step_then_blow_up():  # epoch 0 takes a real step, then the weights overflow
+        real_step()
+        with torch.no_grad():
+            policy.layers[0].weight.fill_(float("inf"))
+
+    update.optimizer.step = step_then_blow_up
+    stats = update.update(data)
+    assert stats == {"ppo/rejected_nonfinite": 1.0} and update.rejected_updates == 1
+    for name, value in policy.state_dict().items():
+        assert torch.equal(value, before[name]), name
+    assert update.optimizer.state_dict()["state"] == {}

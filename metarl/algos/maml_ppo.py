@@ -8,6 +8,8 @@ al. 2019, "ProMP", without its inner KL penalty).
 
 from __future__ import annotations
 
+import copy
+
 import torch
 
 from metarl.algos.maml import AdaptationData, MAMLInnerLoop
@@ -31,6 +33,9 @@ class PPOUpdate:
             spec, data.old_params, valid.observations, valid.actions
         ).detach()
         stats: dict[str, float] = {}
+        # A non-finite epoch rejects the whole update: restore these (and Adam's state).
+        saved_params = [p.detach().clone() for p in self.policy.parameters()]
+        saved_optimizer = copy.deepcopy(self.optimizer.state_dict())
         for epoch in range(self.epochs):
             adapted = self.inner.adapted_params(data.train, create_graph=True)
             log_ratio = (
@@ -48,8 +53,11 @@ class PPOUpdate:
             if not (torch.isfinite(loss.detach()) and grads_finite):
                 self.rejected_updates += 1
                 self.optimizer.zero_grad()
-                stats["ppo/rejected_nonfinite"] = 1.0
-                break
+                with torch.no_grad():
+                    for p, saved in zip(self.policy.parameters(), saved_params):
+                        p.copy_(saved)
+                self.optimizer.load_state_dict(saved_optimizer)
+                return {"ppo/rejected_nonfinite": 1.0}
             self.optimizer.step()
             with torch.no_grad():
                 if epoch == 0:
