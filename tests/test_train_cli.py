@@ -34,9 +34,18 @@ def run_cli(
 
 
 def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
+    """Every scalar of a run directory, ordered by step (a duplicated step shows twice).
+
+    Sorted because the event files of a run and of its resumption are read in
+    file-name order, and two writers made in the same second of one process are
+    named by a counter that sorts as text ("...10" before "...9").
+    """
     acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
     acc.Reload()
-    return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
+    return {
+        tag: sorted(((e.step, e.value) for e in acc.Scalars(tag)), key=lambda sv: sv[0])
+        for tag in acc.Tags()["scalars"]
+    }
 
 
 @pytest.mark.parametrize("algo", ["maml-trpo", "maml-ppo"])
