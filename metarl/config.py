@@ -116,7 +116,12 @@ class Config:
     run_name: str = _key("", "run directory name; empty = <env>-<algo>-<time>")
     checkpoint_every: int = _key(10, "write a checkpoint every N iterations", min=1)
     keep_checkpoints: int = _key(3, "keep the last K periodic checkpoints", min=1)
-    torch_threads: int = _key(1, "torch intra-op threads in the learner (0 = torch default)", min=0)
+    torch_threads: int = _key(
+        0,
+        "torch threads in the learner; 0 = torch's default (one per core: the rollout "
+        "workers idle during updates, so the update may use every core)",
+        min=0,
+    )
     max_consecutive_rejections: int = _key(
         5, "stop the run after this many non-finite (rejected) updates in a row", min=1
     )

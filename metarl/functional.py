@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 
 import torch
 
-from metarl.policies.gaussian_mlp import LOG_2PI, MLPSpec
+from metarl.policies.gaussian_mlp import MLPSpec, gaussian_log_prob
 
 TaskParams = dict[str, torch.Tensor]
 
@@ -49,10 +49,9 @@ def batched_log_prob(
     spec: MLPSpec, params: Mapping[str, torch.Tensor], obs: torch.Tensor, actions: torch.Tensor
 ) -> torch.Tensor:
     """Log-density of ``actions [T, N, A]`` under each task's policy -> ``[T, N]``."""
-    mean = batched_mean(spec, params, obs)
-    log_std = params["log_std"].unsqueeze(1)  # [T, 1, A]
-    z = (actions - mean) * torch.exp(-log_std)
-    return (-0.5 * z.pow(2) - log_std - 0.5 * LOG_2PI).sum(-1)
+    return gaussian_log_prob(
+        actions, batched_mean(spec, params, obs), params["log_std"].unsqueeze(1)
+    )
 
 
 def batched_kl(
@@ -62,13 +61,21 @@ def batched_kl(
     obs: torch.Tensor,
 ) -> torch.Tensor:
     """KL(pi_old || pi_new) per observation for diagonal Gaussians -> ``[T, N]``."""
-    mean_old = batched_mean(spec, old_params, obs)
-    mean_new = batched_mean(spec, new_params, obs)
-    log_std_old = old_params["log_std"].unsqueeze(1)
-    log_std_new = new_params["log_std"].unsqueeze(1)
-    var_ratio = torch.exp(2 * (log_std_old - log_std_new))
-    mean_term = (mean_old - mean_new).pow(2) * torch.exp(-2 * log_std_new)
-    return (0.5 * (var_ratio + mean_term - 1.0) + log_std_new - log_std_old).sum(-1)
+    return diag_gaussian_kl(
+        batched_mean(spec, old_params, obs),
+        old_params["log_std"].unsqueeze(1),
+        batched_mean(spec, new_params, obs),
+        new_params["log_std"].unsqueeze(1),
+    )
+
+
+def diag_gaussian_kl(
+    mean_p: torch.Tensor, log_std_p: torch.Tensor, mean_q: torch.Tensor, log_std_q: torch.Tensor
+) -> torch.Tensor:
+    """KL(N(mean_p, std_p) || N(mean_q, std_q)) summed over the last axis (broadcasting)."""
+    var_ratio = torch.exp(2 * (log_std_p - log_std_q))
+    mean_term = (mean_p - mean_q).pow(2) * torch.exp(-2 * log_std_q)
+    return (0.5 * (var_ratio + mean_term - 1.0) + log_std_q - log_std_p).sum(-1)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

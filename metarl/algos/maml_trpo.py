@@ -13,12 +13,22 @@ parameters. As in pytorch-maml-rl's ``maml_trpo.py``.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 
 from metarl.algos.maml import AdaptationData, MAMLInnerLoop
-from metarl.functional import batched_kl, batched_log_prob, expand_params, masked_mean
+from metarl.functional import batched_kl, batched_mean, diag_gaussian_kl, expand_params, masked_mean
 from metarl.optim import backtracking_line_search, conjugate_gradient, flat_grad, make_hvp
+from metarl.policies.gaussian_mlp import gaussian_log_prob
+
+
+class OldPolicy(NamedTuple):
+    """The adapted policies that collected the validation steps (constants of the update)."""
+
+    mean: torch.Tensor  # [T, N, A]
+    log_std: torch.Tensor  # [T, 1, A]
+    log_probs: torch.Tensor  # [T, N]
 
 
 class TRPOUpdate:
@@ -48,16 +58,20 @@ class TRPOUpdate:
         self.rejected_updates = 0
 
     def _surrogate_and_kl(
-        self, data: AdaptationData, old_log_probs: torch.Tensor, *, create_graph: bool
+        self, data: AdaptationData, old: OldPolicy, *, create_graph: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean over tasks of the surrogate loss and of KL(old adapted || new adapted)."""
-        valid, spec = data.valid, self.policy.spec
+        """Mean over tasks of the surrogate loss and of KL(old adapted || new adapted).
+
+        One forward of the adapted policies on the validation steps serves both.
+        """
+        valid = data.valid
         adapted = self.inner.adapted_params(data.train, create_graph=create_graph)
-        log_probs = batched_log_prob(spec, adapted, valid.observations, valid.actions)
-        ratio = torch.exp(log_probs - old_log_probs)
+        mean = batched_mean(self.policy.spec, adapted, valid.observations)
+        log_std = adapted["log_std"].unsqueeze(1)
+        ratio = torch.exp(gaussian_log_prob(valid.actions, mean, log_std) - old.log_probs)
         loss = -masked_mean(ratio * valid.advantages, valid.mask).mean()
-        kl = masked_mean(batched_kl(spec, data.old_params, adapted, valid.observations), valid.mask)
-        return loss, kl.mean()
+        kl = diag_gaussian_kl(old.mean, old.log_std, mean, log_std)
+        return loss, masked_mean(kl, valid.mask).mean()
 
     def _fisher_kl(self, data: AdaptationData, full_kl: torch.Tensor) -> torch.Tensor:
         """The KL whose Hessian preconditions the step (see the ``trpo_fisher`` config key).
@@ -82,11 +96,14 @@ class TRPOUpdate:
     def update(self, data: AdaptationData) -> dict[str, float]:
         params = list(self.policy.parameters())
         valid = data.valid
-        old_log_probs = batched_log_prob(
-            self.policy.spec, data.old_params, valid.observations, valid.actions
-        ).detach()
+        with torch.no_grad():
+            old_mean = batched_mean(self.policy.spec, data.old_params, valid.observations)
+            old_log_std = data.old_params["log_std"].unsqueeze(1)
+            old = OldPolicy(
+                old_mean, old_log_std, gaussian_log_prob(valid.actions, old_mean, old_log_std)
+            )
 
-        loss, kl = self._surrogate_and_kl(data, old_log_probs, create_graph=True)
+        loss, kl = self._surrogate_and_kl(data, old, create_graph=True)
         grad = flat_grad(loss, params, retain_graph=True)
         if not (torch.isfinite(loss.detach()) and torch.isfinite(grad).all()):
             self.rejected_updates += 1
@@ -99,7 +116,7 @@ class TRPOUpdate:
         del fisher_vp  # frees the double-backward graph before the line search
 
         def evaluate() -> tuple[float, float]:
-            new_loss, new_kl = self._surrogate_and_kl(data, old_log_probs, create_graph=False)
+            new_loss, new_kl = self._surrogate_and_kl(data, old, create_graph=False)
             return float(new_loss.detach()), float(new_kl.detach())
 
         result = backtracking_line_search(
