@@ -33,7 +33,7 @@ from typing import Any, ClassVar
 import numpy as np
 from gymnasium import utils
 from gymnasium.envs.mujoco.ant_v5 import AntEnv
-from metarl.envs.base import TaskFamilyMixin
+from metarl.envs.base import TaskFamilyMixin, TaskInfoMixin
 
 __all__ = ["AntDirEnv", "AntGoalEnv", "AngleTask", "PositionTask"]
 
@@ -52,9 +52,9 @@ class PositionTask:
     goal: tuple[float, float]
 
 
-class _AntFamily(AntEnv):
-    """Ant-v5 with contact forces left out of the observation, the task check,
-    ``info["task"]``, and the torso's xy velocity made available to ``_get_rew``."""
+class _AntFamily(TaskInfoMixin, AntEnv):
+    """Ant-v5 with contact forces left out of the observation and the torso's
+    xy velocity made available to ``_get_rew``."""
 
     default_horizon: ClassVar[int] = 200
 
@@ -72,22 +72,11 @@ class _AntFamily(AntEnv):
         """Torso xy velocity over the current step (valid inside ``_get_rew``)."""
         return (self._torso_xy() - self._xy_before) / self.dt
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        task = self._require_task()  # type: ignore[attr-defined]
-        obs, info = super().reset(seed=seed, options=options)
-        info["task"] = task
-        return obs, info
-
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        task = self._require_task()  # type: ignore[attr-defined]
         # AntEnv.step passes only x_velocity to _get_rew; keep the position so
         # _get_rew can compute the xy velocity exactly as AntEnv.step does.
         self._xy_before = self._torso_xy()
-        obs, reward, terminated, truncated, info = super().step(action)
-        info["task"] = task
-        return obs, reward, terminated, truncated, info
+        return super().step(action)
 
 
 class AntDirEnv(TaskFamilyMixin[AngleTask], _AntFamily):

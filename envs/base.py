@@ -15,8 +15,10 @@ Stepping or resetting before a task is set raises :class:`TaskNotSetError`;
 To write a family, mix :class:`TaskFamilyMixin` into a ``gymnasium.Env``
 subclass, set ``task_type``, implement ``_sample_task(rng)`` (and
 ``_apply_task(task)`` when the task changes the simulator), and call
-``self._require_task()`` at the top of ``reset`` and ``step``. Importing this
-module never imports MuJoCo.
+``self._require_task()`` at the top of ``reset`` and ``step``. A family that
+subclasses a complete env (a Gymnasium MuJoCo env) can instead put
+:class:`TaskInfoMixin` in front of that env to get both. Importing this module
+never imports MuJoCo.
 """
 
 from __future__ import annotations
@@ -87,6 +89,26 @@ class TaskFamilyMixin(Generic[TaskT]):
                 f"before reset() or step(); get tasks with env.unwrapped.sample_tasks(n)."
             )
         return self._task
+
+
+class TaskInfoMixin:
+    """For a family that subclasses a complete env: put it right before that env.
+
+    ``class _Family(TaskInfoMixin, HalfCheetahEnv)``: the base env's ``reset`` and
+    ``step`` are refused without a task and their ``info`` carries ``"task"``.
+    """
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        task = self._require_task()  # type: ignore[attr-defined]
+        obs, info = super().reset(seed=seed, options=options)  # type: ignore[misc]
+        info["task"] = task
+        return obs, info
+
+    def step(self, action):
+        task = self._require_task()  # type: ignore[attr-defined]
+        obs, reward, terminated, truncated, info = super().step(action)  # type: ignore[misc]
+        info["task"] = task
+        return obs, reward, terminated, truncated, info
 
 
 def task_as_dict(task: Any) -> dict[str, Any]:

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 import numpy as np
 from gymnasium import utils
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
-from metarl.envs.base import TaskFamilyMixin
+from metarl.envs.base import TaskFamilyMixin, TaskInfoMixin
 
 __all__ = [
     "DirectionTask",
@@ -56,24 +56,10 @@ class WeightsTask:
     height: float
 
 
-class _HalfCheetahFamily(HalfCheetahEnv):
-    """Task check and ``info["task"]`` around HalfCheetah-v5's reset and step."""
+class _HalfCheetahFamily(TaskInfoMixin, HalfCheetahEnv):
+    """HalfCheetah-v5 with the families' default horizon (rewards via ``_get_rew``)."""
 
     default_horizon: ClassVar[int] = 200
-
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        task = self._require_task()  # type: ignore[attr-defined]
-        obs, info = super().reset(seed=seed, options=options)
-        info["task"] = task
-        return obs, info
-
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        task = self._require_task()  # type: ignore[attr-defined]
-        obs, reward, terminated, truncated, info = super().step(action)
-        info["task"] = task
-        return obs, reward, terminated, truncated, info
 
 
 class HalfCheetahVelEnv(TaskFamilyMixin[VelocityTask], _HalfCheetahFamily):

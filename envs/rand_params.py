@@ -32,7 +32,7 @@ import numpy as np
 from gymnasium import utils
 from gymnasium.envs.mujoco.hopper_v5 import HopperEnv
 from gymnasium.envs.mujoco.walker2d_v5 import Walker2dEnv
-from metarl.envs.base import TaskFamilyMixin
+from metarl.envs.base import TaskFamilyMixin, TaskInfoMixin
 
 __all__ = [
     "LOG_SCALE_LIMIT",
@@ -106,22 +106,27 @@ class _ParamsMixin:
             multipliers = np.asarray(getattr(task, name), dtype=np.float64).reshape(default.shape)
             getattr(self.model, name)[:] = default * multipliers
 
-    def reset(
-        self, *, seed: int | None = None, options: dict[str, Any] | None = None
-    ) -> tuple[np.ndarray, dict[str, Any]]:
-        task = self._require_task()  # type: ignore[attr-defined]
-        obs, info = super().reset(seed=seed, options=options)  # type: ignore[misc]
-        info["task"] = task
-        return obs, info
 
-    def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        task = self._require_task()  # type: ignore[attr-defined]
-        obs, reward, terminated, truncated, info = super().step(action)  # type: ignore[misc]
-        info["task"] = task
-        return obs, reward, terminated, truncated, info
+class _ParamsFamily(_ParamsMixin, TaskInfoMixin):
+    """The task hooks of a rand-params family; list it first, before TaskFamilyMixin
+    (whose default hooks would otherwise shadow these) and the robot's v5 env."""
+
+    task_type = ParamsTask
+    varies = "dynamics"
+
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        utils.EzPickle.__init__(self, **kwargs)
+        self._store_defaults()
+
+    def _sample_task(self, rng: np.random.Generator) -> ParamsTask:
+        return self._sample_params(rng)
+
+    def _apply_task(self, task: ParamsTask) -> None:
+        self._apply_params(task)
 
 
-class HopperParamsEnv(TaskFamilyMixin[ParamsTask], _ParamsMixin, HopperEnv):
+class HopperParamsEnv(_ParamsFamily, TaskFamilyMixin[ParamsTask], HopperEnv):
     """``metarl/HopperParams-v0`` (``hopper-params``): Hopper-v5 with random dynamics.
 
     * Task: :class:`ParamsTask`, multipliers drawn as in the module docstring
@@ -132,22 +137,8 @@ class HopperParamsEnv(TaskFamilyMixin[ParamsTask], _ParamsMixin, HopperEnv):
       a state element outside [-100, 100]); otherwise truncation at 200 steps.
     """
 
-    task_type = ParamsTask
-    varies = "dynamics"
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        utils.EzPickle.__init__(self, **kwargs)
-        self._store_defaults()
-
-    def _sample_task(self, rng: np.random.Generator) -> ParamsTask:
-        return self._sample_params(rng)
-
-    def _apply_task(self, task: ParamsTask) -> None:
-        self._apply_params(task)
-
-
-class WalkerParamsEnv(TaskFamilyMixin[ParamsTask], _ParamsMixin, Walker2dEnv):
+class WalkerParamsEnv(_ParamsFamily, TaskFamilyMixin[ParamsTask], Walker2dEnv):
     """``metarl/WalkerParams-v0`` (``walker-params``): Walker2d-v5 with random dynamics.
 
     * Task: :class:`ParamsTask`, multipliers drawn as in the module docstring
@@ -157,17 +148,3 @@ class WalkerParamsEnv(TaskFamilyMixin[ParamsTask], _ParamsMixin, Walker2dEnv):
     * Termination: Walker2d-v5's unhealthy condition (torso z outside
       ``[0.8, 2.0]`` or |angle| > 1); otherwise truncation at 200 steps.
     """
-
-    task_type = ParamsTask
-    varies = "dynamics"
-
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        utils.EzPickle.__init__(self, **kwargs)
-        self._store_defaults()
-
-    def _sample_task(self, rng: np.random.Generator) -> ParamsTask:
-        return self._sample_params(rng)
-
-    def _apply_task(self, task: ParamsTask) -> None:
-        self._apply_params(task)
