@@ -11,9 +11,11 @@ steps by default). ``info["task"]`` holds the task after reset and step.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+import mujoco
 import numpy as np
 from gymnasium import utils
 from gymnasium.envs.mujoco.half_cheetah_v5 import HalfCheetahEnv
@@ -27,6 +29,31 @@ __all__ = [
     "VelocityTask",
     "WeightsTask",
 ]
+
+
+def _drop_settotalmass_warning() -> None:
+    """Silence one MuJoCo deprecation warning that every HalfCheetah env would print.
+
+    Gymnasium's ``half_cheetah.xml`` uses the ``settotalmass`` compiler attribute,
+    which MuJoCo 4 deprecates: each env made printed a warning and appended to a
+    ``MUJOCO_LOG.TXT`` in the working directory. The model is unchanged. Only
+    that message is dropped; any other MuJoCo warning goes to the previous
+    handler, or to Python's ``warnings`` if there was none.
+    """
+    previous = mujoco.get_mju_user_warning()
+
+    def handler(message: str) -> None:
+        if "settotalmass" in message:
+            return
+        if previous is not None:
+            previous(message)
+        else:
+            warnings.warn(f"MuJoCo: {message}", RuntimeWarning, stacklevel=2)
+
+    mujoco.set_mju_user_warning(handler)
+
+
+_drop_settotalmass_warning()
 
 
 @dataclass(frozen=True)
