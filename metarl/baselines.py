@@ -1,0 +1,535 @@
+"""``python -m metarl.baselines``: stable-baselines3 PPO baselines beside metarl's meta-test curves.
+
+Three non-meta-learning references, each run with stable-baselines3's own
+``PPO`` (imported, not copied) on the same held-out test tasks a metarl run of
+that seed meta-tests on (``make_task_pools`` with ``derive_seed(seed,
+"task-pools")``), and logged under the same TensorBoard tags
+(``test/return_step_k`` and ``probe/task_i/return_step_k``, k = 0..K)::
+
+    python -m metarl.baselines --env point-nav --kind oracle --timesteps 200000
+    python -m metarl.baselines --config experiments/maml_trpo_halfcheetah_dir.yaml \\
+        --kind pretrain --timesteps 1000000 --adapt-steps 3
+
+Kinds:
+
+* ``oracle``: PPO whose observation has the task's parameters appended
+  (:class:`TaskObservation`), trained for ``--timesteps`` env steps on tasks
+  drawn from the training pool at every reset (:class:`TrainPoolTasks`). It
+  never adapts: its return on each test task is measured once and logged at
+  *every* k, so its curve is flat. An upper reference for goal and reward
+  families (it is told the task a meta-learner must infer).
+* ``pretrain``: PPO trained the same way but *without* task information (one
+  policy for the whole family), then fine-tuned on each test task: from a copy
+  of the pre-trained model, K rounds, each one ``learn()`` call of exactly the
+  data one MAML adaptation step gets (``episodes_per_task * horizon`` env
+  steps, SB3 ``n_steps``), measuring the return before (k = 0) and after
+  every round.
+* ``scratch``: a fresh PPO per test task with the same per-round data; k = 0 is
+  the untrained policy.
+
+The PPO rollout length ``n_steps`` is ``episodes_per_task * horizon`` for
+every kind (so a pre-training update sees the data of one adaptation step and
+a fine-tuning round is exactly one PPO update), the minibatch is the largest
+divisor of it up to 64, ``gamma`` is the run's ``discount``, the policy and
+value nets are ``hidden_sizes`` with ``activation``; everything else is SB3's
+default PPO (learning rate 3e-4 unless ``--learning-rate``, 10 epochs, clip
+0.2, GAE lambda 0.95). SB3 runs with ``device="cpu"``, ``verbose=0`` and seeds
+derived from the run seed.
+
+Evaluation: the mean undiscounted return of ``episodes_per_task`` episodes
+per test task, sampled from the *stochastic* policy (``deterministic=False``),
+as metarl's meta-test samples its Gaussian policy. The env resets are seeded
+with ``derive_seed(seed, "baseline-eval", task, episode)`` and the action
+noise with ``derive_seed(seed, "baseline-eval-noise", task, k)`` inside
+``torch.random.fork_rng`` (evaluating never shifts a training RNG stream); the
+same reset seeds are used at every k and by every kind.
+
+TensorBoard steps: a baseline is one measurement, not a training curve, so
+each value is logged at step 0 and at step ``iterations - 1`` (the run
+config's last meta-iteration): it shows as a horizontal reference line across
+a metarl run's x-axis. The run directory ``<logdir>/<env>-baseline-<kind>-<time>/``
+also holds ``config.yaml`` (the resolved run config and a ``baseline:``
+section) and ``results.json`` (every task's return at every k).
+
+Exit codes: 0 done; 2 bad input (unknown env or kind, a bad value, a missing or
+invalid YAML file): one line on stderr, ``--debug`` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import json
+import sys
+import time
+import typing
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import gymnasium
+import numpy as np
+import stable_baselines3
+import torch
+import yaml
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback
+
+from metarl import registry
+from metarl.config import Config, ConfigError, build_config, load_yaml
+from metarl.envs.base import make_task_pools, task_as_dict
+from metarl.logger import RunLogger, return_tag
+from metarl.seeding import derive_rng, derive_seed
+from metarl.train import make_probe_env
+
+KINDS = ("oracle", "pretrain", "scratch")
+CONFIG_KEYS = (
+    "env", "seed", "horizon", "episodes_per_task", "train_pool_size", "test_pool_size",
+    "hidden_sizes", "activation", "init_log_std", "discount", "n_probe_tasks", "logdir",
+    "run_name", "torch_threads",
+)  # fmt: skip
+"""The run-config keys a baseline uses (any other key of a ``--config`` file is ignored)."""
+ACTIVATIONS = {"relu": torch.nn.ReLU, "tanh": torch.nn.Tanh}
+
+
+# --- the two wrappers -----------------------------------------------------------------------------
+
+
+class TaskEncoder:
+    """A task as a flat float32 vector: its fields in order, each flattened.
+
+    Numbers, booleans and (nested) sequences of numbers become floats; a string
+    field (e.g. ``RewardTask.kind``) becomes a one-hot over the values it takes
+    in ``tasks``, the tasks the encoder is built from (give it every task it
+    will see: the train and test pools).
+    """
+
+    def __init__(self, tasks: Sequence[Any]) -> None:
+        if not tasks:
+            raise ValueError("TaskEncoder needs at least one task")
+        self.categories: dict[str, list[str]] = {}
+        for name, value in task_as_dict(tasks[0]).items():
+            if isinstance(value, str):
+                self.categories[name] = sorted({task_as_dict(t)[name] for t in tasks})
+        self.dim = len(self(tasks[0]))
+
+    def __call__(self, task: Any) -> np.ndarray:
+        parts = []
+        for name, value in task_as_dict(task).items():
+            if name in self.categories:
+                parts.append(np.asarray(self.categories[name]) == value)
+                continue
+            try:
+                parts.append(np.asarray(value, dtype=np.float64).ravel())
+            except (TypeError, ValueError) as exc:
+                raise TypeError(
+                    f"task field {name!r} = {value!r} of {type(task).__name__} is not numeric"
+                ) from exc
+        return np.concatenate(parts).astype(np.float32)
+
+
+class TaskObservation(gymnasium.ObservationWrapper):
+    """Appends the current task's encoding (:class:`TaskEncoder`) to a Box observation.
+
+    The task is read from ``env.unwrapped.get_task()`` at every observation, so
+    a wrapper inside this one may change it at reset.
+    """
+
+    def __init__(self, env: gymnasium.Env, encoder: TaskEncoder) -> None:
+        super().__init__(env)
+        self.encoder = encoder
+        inner = env.observation_space
+        if not isinstance(inner, gymnasium.spaces.Box):
+            raise TypeError(f"TaskObservation needs a Box observation space, got {inner}")
+        extra = np.full(encoder.dim, np.inf, dtype=np.float32)
+        self.observation_space = gymnasium.spaces.Box(
+            low=np.concatenate([inner.low.ravel().astype(np.float32), -extra]),
+            high=np.concatenate([inner.high.ravel().astype(np.float32), extra]),
+            dtype=np.float32,
+        )
+
+    def observation(self, observation: np.ndarray) -> np.ndarray:
+        task = self.env.unwrapped.get_task()
+        return np.concatenate(
+            [np.asarray(observation, dtype=np.float32).ravel(), self.encoder(task)]
+        )
+
+
+class TrainPoolTasks(gymnasium.Wrapper):
+    """At every reset, sets a task drawn uniformly from ``tasks`` with its own seeded RNG."""
+
+    def __init__(self, env: gymnasium.Env, tasks: Sequence[Any], rng: np.random.Generator) -> None:
+        super().__init__(env)
+        self.tasks = list(tasks)
+        self.rng = rng
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        self.env.unwrapped.set_task(self.tasks[int(self.rng.integers(len(self.tasks)))])
+        return self.env.reset(seed=seed, options=options)
+
+
+# --- PPO ------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """The baseline's own knobs (the CLI flags that are not run-config keys)."""
+
+    kind: str
+    timesteps: int
+    adapt_steps: int
+    n_test_tasks: int
+    learning_rate: float
+
+
+def _batch_size(n_steps: int) -> int:
+    """The largest divisor of ``n_steps`` in 2..64 (SB3 warns on a truncated minibatch)."""
+    divisors = [b for b in range(2, min(64, n_steps) + 1) if n_steps % b == 0]
+    return divisors[-1] if divisors else min(64, n_steps)
+
+
+def make_ppo(config: Config, settings: Settings, env: gymnasium.Env, seed: int, n_steps: int):
+    """An SB3 PPO on ``env`` with the run's network, discount and seed, on CPU."""
+    return PPO(
+        "MlpPolicy",
+        env,
+        learning_rate=settings.learning_rate,
+        n_steps=n_steps,
+        batch_size=_batch_size(n_steps),
+        gamma=config.discount,
+        policy_kwargs={
+            "net_arch": list(config.hidden_sizes),
+            "activation_fn": ACTIVATIONS[config.activation],
+            "log_std_init": config.init_log_std,
+        },
+        seed=seed,
+        device="cpu",
+        verbose=0,
+    )
+
+
+class _ProgressLines(BaseCallback):
+    """Prints about ten progress lines over a long ``learn()`` call."""
+
+    def __init__(self, total: int, label: str) -> None:
+        super().__init__(verbose=0)
+        self.total, self.label = total, label
+        self.every = max(1, total // 10)
+        self.next_print = self.every
+        self.start = time.perf_counter()
+
+    def _on_step(self) -> bool:
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self.num_timesteps < self.next_print:
+            return
+        self.next_print += self.every
+        episodes = [info["r"] for info in self.model.ep_info_buffer]
+        recent = f"{np.mean(episodes):.2f}" if episodes else "n/a"
+        seconds = time.perf_counter() - self.start
+        print(
+            f"  {self.label}: {self.num_timesteps}/{self.total} steps | "
+            f"episode return (last {len(episodes)}) {recent} | {seconds:.0f} s",
+            flush=True,
+        )
+
+
+def evaluate(model, envs: Sequence[gymnasium.Env], reset_seeds: Sequence[int], noise_seed: int):
+    """Mean undiscounted return of one episode in each env, all stepped as one batch.
+
+    Actions are sampled (``deterministic=False``) with torch's RNG seeded by
+    ``noise_seed`` inside ``fork_rng``, so evaluating leaves the global stream as it was.
+    """
+    returns = np.zeros(len(envs))
+    active = np.ones(len(envs), dtype=bool)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(noise_seed)
+        obs = np.stack([env.reset(seed=s)[0] for env, s in zip(envs, reset_seeds, strict=True)])
+        while active.any():
+            actions, _ = model.predict(obs, deterministic=False)
+            for i in np.flatnonzero(active):
+                obs[i], reward, terminated, truncated, _ = envs[i].step(actions[i])
+                returns[i] += float(reward)
+                active[i] = not (terminated or truncated)
+    return float(returns.mean())
+
+
+# --- the three kinds ------------------------------------------------------------------------------
+
+
+class Baseline:
+    """One baseline run: the pools, the envs, and per-task returns ``[K + 1, T]``."""
+
+    def __init__(self, config: Config, settings: Settings) -> None:
+        self.config, self.settings = config, settings
+        self.horizon = config.horizon or registry.resolve(config.env).horizon
+        probe = make_probe_env(config, self.horizon)
+        try:
+            self.pools = make_task_pools(
+                probe,
+                n_train=config.train_pool_size,
+                n_test=config.test_pool_size,
+                seed=derive_seed(config.seed, "task-pools"),
+            )
+        finally:
+            probe.close()
+        self.test_tasks = list(self.pools.test[: settings.n_test_tasks or None])
+        self.encoder = TaskEncoder([*self.pools.train, *self.pools.test])
+        self.budget = config.episodes_per_task * self.horizon  # env steps per adaptation step
+        self.env_steps = 0
+
+    def make_env(self, task: Any = None, *, with_task: bool = False) -> gymnasium.Env:
+        """An env of the family: fixed to ``task``, or drawing training tasks at reset."""
+        env = registry.make_env(self.config.env, horizon=self.horizon, **self.config.env_kwargs)
+        if task is None:
+            rng = derive_rng(self.config.seed, "baseline", self.settings.kind, "train-tasks")
+            env = TrainPoolTasks(env, self.pools.train, rng)
+        else:
+            env.unwrapped.set_task(task)
+        return TaskObservation(env, self.encoder) if with_task else env
+
+    def seed(self, *keys: int | str) -> int:
+        return derive_seed(self.config.seed, "baseline", self.settings.kind, *keys)
+
+    def pretrain(self, *, with_task: bool) -> PPO:
+        """PPO on the training pool for ``timesteps`` env steps."""
+        total = self.settings.timesteps
+        env = self.make_env(with_task=with_task)
+        model = make_ppo(self.config, self.settings, env, self.seed("train"), self.budget)
+        label = "oracle training" if with_task else "pre-training"
+        print(f"{label}: {total} env steps, PPO n_steps={self.budget}", flush=True)
+        start = time.perf_counter()
+        model.learn(total_timesteps=total, callback=_ProgressLines(total, label))
+        self.env_steps += model.num_timesteps
+        print(f"{label} done: {model.num_timesteps} env steps in "
+              f"{time.perf_counter() - start:.1f} s", flush=True)  # fmt: skip
+        env.close()
+        return model
+
+    def run(self) -> np.ndarray:
+        """Per-task returns ``[K + 1, T]`` of this kind on the test tasks."""
+        kind, steps = self.settings.kind, self.settings.adapt_steps
+        pretrained = None
+        if kind in ("oracle", "pretrain"):
+            model = self.pretrain(with_task=kind == "oracle")
+            pretrained = io.BytesIO()
+            model.save(pretrained)
+        per_task = np.zeros((steps + 1, len(self.test_tasks)))
+        for t, task in enumerate(self.test_tasks):
+            eval_envs = [
+                self.make_env(task, with_task=kind == "oracle")
+                for _ in range(self.config.episodes_per_task)
+            ]
+            reset_seeds = [
+                derive_seed(self.config.seed, "baseline-eval", t, e) for e in range(len(eval_envs))
+            ]
+
+            def measure(model, k: int, envs=eval_envs, seeds=reset_seeds, t=t) -> float:
+                noise = derive_seed(self.config.seed, "baseline-eval-noise", t, k)
+                return evaluate(model, envs, seeds, noise)
+
+            if kind == "oracle":
+                per_task[:, t] = measure(model, 0)  # no adaptation: the same at every k
+            else:
+                per_task[:, t] = self.adapt(task, t, pretrained, measure)
+            for env in eval_envs:
+                env.close()
+            curve = " -> ".join(f"{r:.2f}" for r in per_task[:, t])
+            print(f"test task {t + 1}/{len(self.test_tasks)} {task}: return {curve}", flush=True)
+        return per_task
+
+    def adapt(self, task: Any, t: int, pretrained: io.BytesIO | None, measure) -> list[float]:
+        """Return before and after each of K fine-tuning rounds on ``task`` (one update each)."""
+        env = self.make_env(task)
+        if pretrained is None:
+            model = make_ppo(self.config, self.settings, env, self.seed("task", t), self.budget)
+        else:
+            pretrained.seek(0)
+            model = PPO.load(pretrained, env=env, device="cpu")
+            model.set_random_seed(self.seed("task", t))
+        returns = [measure(model, 0)]
+        for k in range(1, self.settings.adapt_steps + 1):
+            model.learn(total_timesteps=self.budget, reset_num_timesteps=k == 1)
+            self.env_steps += self.budget
+            returns.append(measure(model, k))
+        env.close()
+        return returns
+
+
+# --- the command line -----------------------------------------------------------------------------
+
+
+class _OneLineErrorParser(argparse.ArgumentParser):
+    """Bad flags give one line (not the whole usage) and exit code 2."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (python -m metarl.baselines --help lists the flags)\n")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _OneLineErrorParser(
+        prog="python -m metarl.baselines",
+        description="Stable-baselines3 PPO baselines (oracle, pretrain, scratch) on the "
+        "held-out tasks a metarl run meta-tests on, logged under the same TensorBoard tags.",
+    )
+    parser.add_argument("--kind", required=True, choices=KINDS, help="which baseline")
+    parser.add_argument("--config", help="YAML run config (e.g. experiments/FILE.yaml)")
+    parser.add_argument(
+        "--timesteps",
+        type=int,
+        default=1_000_000,
+        help="env steps of training for oracle and pretrain (default: 1000000)",
+    )
+    parser.add_argument(
+        "--adapt-steps",
+        type=int,
+        default=None,
+        help="K fine-tuning rounds per test task, each episodes_per_task * horizon env steps "
+        "(default: the config's eval_adapt_steps)",
+    )
+    parser.add_argument(
+        "--n-test-tasks",
+        type=int,
+        default=0,
+        help="evaluate on the first N held-out tasks; 0 = all of test_pool_size (default: 0)",
+    )
+    parser.add_argument(
+        "--learning-rate", type=float, default=3e-4, help="PPO learning rate (default: 3e-4)"
+    )
+    parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    types_ = typing.get_type_hints(Config)
+    defaults = Config()
+    for f in dataclasses.fields(Config):
+        if f.name not in CONFIG_KEYS:
+            continue
+        nargs = "+" if types_[f.name] is tuple else None
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"),
+            dest=f.name,
+            default=argparse.SUPPRESS,
+            nargs=nargs,
+            metavar="N" if nargs else f.name.upper(),
+            choices=f.metadata.get("choices"),
+            help=f"{f.metadata['help']} (default: {getattr(defaults, f.name)!r})",
+        )
+    return parser
+
+
+def baseline_settings(args: argparse.Namespace, config: Config) -> Settings:
+    """The baseline flags, checked; bad values are a ConfigError naming the flag."""
+    adapt_steps = config.eval_adapt_steps if args.adapt_steps is None else args.adapt_steps
+    checks = [
+        ("--timesteps", args.timesteps, args.timesteps >= 1, ">= 1"),
+        ("--adapt-steps", adapt_steps, adapt_steps >= 0, ">= 0"),
+        (
+            "--n-test-tasks",
+            args.n_test_tasks,
+            0 <= args.n_test_tasks <= config.test_pool_size,
+            f"in 0..test_pool_size ({config.test_pool_size})",
+        ),
+        ("--learning-rate", args.learning_rate, args.learning_rate > 0, "> 0"),
+    ]
+    for flag, value, ok, allowed in checks:
+        if not ok:
+            raise ConfigError(f"{flag}: {value!r} must be {allowed}")
+    return Settings(args.kind, args.timesteps, adapt_steps, args.n_test_tasks, args.learning_rate)
+
+
+def run_dir_for(config: Config, kind: str) -> Path:
+    env_name = config.env.replace("/", "_").replace(":", "_")
+    name = config.run_name or f"{env_name}-baseline-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
+    return Path(config.logdir) / name
+
+
+def log_results(run_dir: Path, config: Config, per_task: np.ndarray) -> dict[str, float]:
+    """``test/`` means and the probe tasks' own curves, at step 0 and the last iteration."""
+    scalars = {
+        return_tag("test", k, "step"): float(per_task[k].mean()) for k in range(len(per_task))
+    }
+    n_probe = min(config.n_probe_tasks, per_task.shape[1])
+    for i in range(n_probe):
+        for k in range(per_task.shape[0]):
+            scalars[return_tag(f"probe/task_{i}", k, "step")] = float(per_task[k, i])
+    logger = RunLogger(run_dir)
+    try:
+        logger.probe_layout(n_probe, per_task.shape[0] - 1, "step")
+        for step in sorted({0, config.iterations - 1}):
+            logger.scalars(scalars, step)
+    finally:
+        logger.close()
+    return scalars
+
+
+def run_baseline(config: Config, settings: Settings) -> int:
+    registry.resolve(config.env)  # an unknown name fails before anything is built
+    if config.torch_threads:
+        torch.set_num_threads(config.torch_threads)
+    run_dir = run_dir_for(config, settings.kind)
+    baseline = Baseline(config, settings)  # bad env_kwargs fail here, before the directory
+    run_dir.mkdir(parents=True, exist_ok=True)
+    resolved = {
+        **config.to_dict(),
+        "baseline": {
+            **dataclasses.asdict(settings),
+            "horizon": baseline.horizon,
+            "n_steps": baseline.budget,
+            "batch_size": _batch_size(baseline.budget),
+            "test_tasks": len(baseline.test_tasks),
+            "deterministic_eval": False,
+            "stable_baselines3": stable_baselines3.__version__,
+        },
+    }
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(resolved, sort_keys=False))
+    print(
+        f"metarl.baselines: {settings.kind} PPO on {config.env} "
+        f"({len(baseline.test_tasks)} test tasks, K={settings.adapt_steps}), "
+        f"run directory {run_dir}",
+        flush=True,
+    )
+    start = time.perf_counter()
+    per_task = baseline.run()
+    scalars = log_results(run_dir, config, per_task)
+    (run_dir / "results.json").write_text(
+        json.dumps(
+            {
+                "kind": settings.kind,
+                "env_steps": baseline.env_steps,
+                "mean_return_step_k": per_task.mean(axis=1).tolist(),
+                "per_task": [
+                    {"task": task_as_dict(task), "return_step_k": per_task[:, t].tolist()}
+                    for t, task in enumerate(baseline.test_tasks)
+                ],
+            },
+            indent=1,
+        )
+    )
+    means = " -> ".join(
+        f"{scalars[return_tag('test', k, 'step')]:.2f}" for k in range(len(per_task))
+    )
+    print(
+        f"Done: test return {means} | {baseline.env_steps} env steps | "
+        f"{time.perf_counter() - start:.1f} s | run directory {run_dir}",
+        flush=True,
+    )
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The CLI; returns the exit code (see the module docstring)."""
+    args = build_parser().parse_args(argv)
+    try:
+        base = load_yaml(args.config) if args.config else {}
+        overrides = {k: v for k, v in vars(args).items() if k in CONFIG_KEYS}
+        config = build_config(overrides, base)
+        return run_baseline(config, baseline_settings(args, config))
+    except (ConfigError, registry.UnknownEnvError) as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
