@@ -33,8 +33,8 @@ a fine-tuning round is exactly one PPO update), the minibatch is the largest
 divisor of it up to 64, ``gamma`` is the run's ``discount``, the policy and
 value nets are ``hidden_sizes`` with ``activation``; everything else is SB3's
 default PPO (learning rate 3e-4 unless ``--learning-rate``, 10 epochs, clip
-0.2, GAE lambda 0.95). SB3 runs with ``device="cpu"``, ``verbose=0`` and seeds
-derived from the run seed.
+0.2, GAE lambda 0.95). SB3 runs with ``device="cpu"``, ``verbose=0``, seeds
+derived from the run seed, and ``torch_threads`` threads (0 means 1 here).
 
 Evaluation: the mean undiscounted return of ``episodes_per_task`` episodes
 per test task, sampled from the *stochastic* policy (``deterministic=False``),
@@ -463,9 +463,22 @@ def log_results(run_dir: Path, config: Config, per_task: np.ndarray) -> dict[str
 
 
 def run_baseline(config: Config, settings: Settings) -> int:
+    """Train, evaluate and log one baseline; the caller's torch thread count is restored.
+
+    One torch thread unless ``torch_threads`` says otherwise: SB3 runs a small MLP
+    per env step, where a second thread does not help and, on a busy machine,
+    makes every call much slower.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(config.torch_threads or 1)
+    try:
+        return _run_baseline(config, settings)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _run_baseline(config: Config, settings: Settings) -> int:
     registry.resolve(config.env)  # an unknown name fails before anything is built
-    if config.torch_threads:
-        torch.set_num_threads(config.torch_threads)
     run_dir = run_dir_for(config, settings.kind)
     baseline = Baseline(config, settings)  # bad env_kwargs fail here, before the directory
     run_dir.mkdir(parents=True, exist_ok=True)

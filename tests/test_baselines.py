@@ -6,6 +6,7 @@ import json
 
 import numpy as np
 import pytest
+import torch
 import yaml
 from metarl.envs.base import make_task_pools
 from test_train_cli import scalars
@@ -23,7 +24,9 @@ TINY = [
 @pytest.mark.parametrize("kind", baselines.KINDS)
 def test_each_kind_writes_metarl_tags_config_and_results(tmp_path, kind, capsys):
     args = [*TINY, "--kind", kind, "--logdir", str(tmp_path), "--run-name", kind]
+    threads = torch.get_num_threads()
     assert baselines.main(args) == 0
+    assert torch.get_num_threads() == threads  # restored after the run's own setting
     assert "Done: test return" in capsys.readouterr().out
     run_dir = tmp_path / kind
     tags = scalars(run_dir)
