@@ -311,11 +311,11 @@ class Baseline:
     def run(self) -> np.ndarray:
         """Per-task returns ``[K + 1, T]`` of this kind on the test tasks."""
         kind, steps = self.settings.kind, self.settings.adapt_steps
-        pretrained = None
-        if kind in ("oracle", "pretrain"):
-            model = self.pretrain(with_task=kind == "oracle")
+        oracle = self.pretrain(with_task=True) if kind == "oracle" else None
+        pretrained = None  # the pre-trained model, saved: each test task fine-tunes a fresh copy
+        if kind == "pretrain":
             pretrained = io.BytesIO()
-            model.save(pretrained)
+            self.pretrain(with_task=False).save(pretrained)
         per_task = np.zeros((steps + 1, len(self.test_tasks)))
         for t, task in enumerate(self.test_tasks):
             eval_envs = [
@@ -330,8 +330,8 @@ class Baseline:
                 noise = derive_seed(self.config.seed, "baseline-eval-noise", t, k)
                 return evaluate(model, envs, seeds, noise)
 
-            if kind == "oracle":
-                per_task[:, t] = measure(model, 0)  # no adaptation: the same at every k
+            if oracle is not None:
+                per_task[:, t] = measure(oracle, 0)  # no adaptation: the same at every k
             else:
                 per_task[:, t] = self.adapt(task, t, pretrained, measure)
             for env in eval_envs:
