@@ -3,6 +3,7 @@
     python benchmarks/sampler.py            # 40 tasks x 20 episodes x 200 steps
     python benchmarks/sampler.py --quick    # 8 x 4 x 100
     python benchmarks/sampler.py --workers 1 --tasks 20
+    python benchmarks/sampler.py --sampler ray   # Ray actors (local instance, or --ray-address)
 
 Both figures come from the same run (the machine is shared and drifts):
 
@@ -13,7 +14,8 @@ Both figures come from the same run (the machine is shared and drifts):
   ``step`` loop with a fixed action (reset when an episode ends), measured
   between the sampler's calls.
 
-The last line is ``ratio: X.XX`` = sampler rate / single-process rate.
+The last line is ``ratio: X.XX`` = sampler rate / single-process rate. With
+``--sampler ray`` the start-up line includes starting the local Ray instance.
 """
 
 from __future__ import annotations
@@ -62,6 +64,8 @@ def main(argv: list[str] | None = None) -> float:
     parser.add_argument("--no-fast", action="store_true", help="step through the wrappers")
     parser.add_argument("--max-envs", type=int, default=256, help="sub-envs per worker at once")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sampler", choices=("local", "ray"), default="local", help="backend")
+    parser.add_argument("--ray-address", default=None, help="Ray cluster to join (auto|HOST:PORT)")
     args = parser.parse_args(argv)
     tasks_n = args.tasks or (8 if args.quick else 40)
     episodes = args.episodes or (4 if args.quick else 20)
@@ -89,7 +93,7 @@ def main(argv: list[str] | None = None) -> float:
 
     print(
         f"env={args.env} tasks={tasks_n} episodes={episodes} horizon={horizon} "
-        f"cpus={os.cpu_count()} python={sys.version.split()[0]}"
+        f"cpus={os.cpu_count()} python={sys.version.split()[0]} sampler={args.sampler}"
     )
     start = time.perf_counter()
     sampler = make_sampler(
@@ -100,6 +104,8 @@ def main(argv: list[str] | None = None) -> float:
         horizon=horizon,
         fast=not args.no_fast,
         max_envs_per_worker=args.max_envs,
+        backend=args.sampler,
+        ray_address=args.ray_address,
     )
     with sampler:
         print(f"{sampler!r} started in {time.perf_counter() - start:.2f} s")

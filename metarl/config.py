@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import importlib.util
+import sys
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +21,7 @@ import yaml
 
 ALGOS = ("maml-trpo", "maml-ppo", "rl2")
 DEVICES = ("auto", "cpu", "cuda")
+SAMPLERS = ("local", "ray")
 
 
 class ConfigError(ValueError):
@@ -112,6 +115,16 @@ class Config:
     # --- system -----------------------------------------------------------------------------------
     device: str = _key("auto", "device for updates (rollouts always run on CPU)", choices=DEVICES)
     workers: int = _key(-1, "rollout worker processes; -1 = one per core, 0 = in-process", min=-1)
+    sampler: str = _key(
+        "local",
+        "rollout backend: local (worker processes of this machine) or ray (Ray actors, on "
+        'this machine or a cluster; pip install "metarl[ray]"); with ray, -1 workers = '
+        "one per CPU of the cluster",
+        choices=SAMPLERS,
+    )
+    ray_address: str = _key(
+        "", "with --sampler ray: the cluster to join (auto or HOST:PORT); empty = start Ray here"
+    )
     logdir: str = _key("runs", "parent folder of run directories")
     run_name: str = _key("", "run directory name; empty = <env>-<algo>-<time>")
     checkpoint_every: int = _key(10, "write a checkpoint every N iterations", min=1)
@@ -199,6 +212,21 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"config key 'hidden_sizes': {list(config.hidden_sizes)!r} must be positive sizes"
         )
+    if config.ray_address and config.sampler != "ray":
+        raise ConfigError(f"config key 'ray_address': {config.ray_address!r} needs --sampler ray")
+    if config.sampler == "ray" and config.workers == 0:
+        raise ConfigError("config key 'workers': 0 (in-process) is not possible with --sampler ray")
+    if config.sampler == "ray" and not _installed("ray"):
+        raise ConfigError(
+            "config key 'sampler': 'ray' needs Ray, which is not installed here: "
+            'pip install "metarl[ray]"'
+        )
+
+
+def _installed(module: str) -> bool:
+    if module in sys.modules:
+        return sys.modules[module] is not None
+    return importlib.util.find_spec(module) is not None
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:

@@ -157,6 +157,8 @@ def build_run(config: Config, run_dir: Path) -> Run:
         workers=None if config.workers < 0 else config.workers,
         horizon=horizon,
         env_kwargs=config.env_kwargs,
+        backend=config.sampler,
+        ray_address=config.ray_address or None,
     )
     learner = build_learner(config, policy, sampler, device)
     return Run(config, run_dir, pools, horizon, sampler, learner, device)
