@@ -81,7 +81,9 @@ class Config:
         0.25, "fraction of validation steps (strided) used for the Fisher", min=0.01, max=1.0
     )
     ls_max_backtracks: int = _key(15, "line search: maximum tries", min=1)
-    ls_backtrack_ratio: float = _key(0.5, "line search: step shrink factor", min=0.0, max=1.0)
+    ls_backtrack_ratio: float = _key(
+        0.8, "line search: step shrink factor (0.8 as pytorch-maml-rl)", min=0.0, max=1.0
+    )
 
     # --- MAML-PPO outer loop ------------------------------------------------------------------
     ppo_epochs: int = _key(5, "PPO epochs over each meta-batch", min=1)
