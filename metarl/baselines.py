@@ -509,6 +509,7 @@ def _run_baseline(config: Config, settings: Settings) -> int:
             {
                 "kind": settings.kind,
                 "env_steps": baseline.env_steps,
+                "seconds": round(time.perf_counter() - start, 1),
                 "mean_return_step_k": per_task.mean(axis=1).tolist(),
                 "per_task": [
                     {"task": task_as_dict(task), "return_step_k": per_task[:, t].tolist()}

@@ -1,0 +1,238 @@
+"""Turn finished runs into README's results table and the plots under ``docs/``.
+
+    python experiments/summarize.py runs/results --out docs
+
+Reads every run directory under the given folder (any depth):
+
+* metarl runs (``config.yaml`` + TensorBoard events + ``eval/*.json`` from
+  ``python -m metarl.evaluate RUN_DIR --adapt-steps 3``), grouped into one
+  experiment per (env, algo) with one row per experiment: the meta-test return
+  on the held-out tasks before adapting and after each adaptation step (RL²:
+  episode 1, then episodes 2, 3, ... of the trial), as the mean over seeds of
+  each seed's mean over tasks, +- the standard deviation over seeds; the env
+  steps and training seconds of one run (``perf/env_steps`` and the sum of
+  ``time/iteration``, so periodic meta-tests are not counted);
+* baselines (``results.json`` from ``python -m metarl.baselines``), one row each.
+
+Writes ``<out>/<env>-<algo>.png`` per experiment: the learning curve (the
+periodic meta-test return ``test/return_*`` against iteration, mean and range
+over seeds) beside the final adaptation curve, with the family's baselines as
+dashed lines. Prints the table as Markdown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+RETURN_TAG = re.compile(r"^test/return_(step|episode)_(\d+)$")
+
+
+@dataclass
+class SeedRun:
+    """One metarl run: its final meta-test and its learning curve."""
+
+    seed: int
+    adaptation: list[float]  # final meta-test: mean over tasks, per step (or episode)
+    unit: str  # "step" or "episode"
+    env_steps: int
+    train_seconds: float
+    iterations: int
+    curves: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)  # k -> (its, R)
+
+
+@dataclass
+class BaselineRun:
+    kind: str
+    env: str
+    adaptation: list[float]
+    env_steps: int
+    seconds: float | None
+
+
+def read_scalars(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
+    """Every scalar tag of a run's event files -> (steps, values) in step order."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    scalars = {}
+    for tag in accumulator.Tags()["scalars"]:
+        events = sorted(accumulator.Scalars(tag), key=lambda e: e.step)
+        scalars[tag] = ([e.step for e in events], [e.value for e in events])
+    return scalars
+
+
+def read_metarl_run(run_dir: Path, config: dict) -> SeedRun | None:
+    evals = sorted((run_dir / "eval").glob("test_iter*_steps*.json"))
+    if not evals:
+        return None
+    final = json.loads(evals[-1].read_text())  # the latest checkpoint's meta-test
+    scalars = read_scalars(run_dir)
+    curves = {}
+    for tag, (steps, values) in scalars.items():
+        match = RETURN_TAG.match(tag)
+        if match:
+            curves[int(match.group(2))] = (steps, values)
+    return SeedRun(
+        seed=int(config["seed"]),
+        adaptation=[row["mean"] for row in final["summary"]],
+        unit="episode" if final["unit"] == "episode" else "step",
+        env_steps=int(scalars["perf/env_steps"][1][-1]),
+        train_seconds=float(sum(scalars["time/iteration"][1])),
+        iterations=int(final["iteration"]),
+        curves=curves,
+    )
+
+
+def collect(root: Path) -> tuple[dict[tuple[str, str], list[SeedRun]], list[BaselineRun]]:
+    experiments: dict[tuple[str, str], list[SeedRun]] = defaultdict(list)
+    baselines: list[BaselineRun] = []
+    for config_path in sorted(root.rglob("config.yaml")):
+        run_dir = config_path.parent
+        config = yaml.safe_load(config_path.read_text())
+        results = run_dir / "results.json"
+        if "baseline" in config:
+            if results.exists():
+                data = json.loads(results.read_text())
+                baselines.append(
+                    BaselineRun(
+                        kind=data["kind"],
+                        env=config["env"],
+                        adaptation=data["mean_return_step_k"],
+                        env_steps=int(data["env_steps"]),
+                        seconds=data.get("seconds"),
+                    )
+                )
+            continue
+        run = read_metarl_run(run_dir, config)
+        if run is not None:
+            experiments[(config["env"], config["algo"])].append(run)
+    return experiments, baselines
+
+
+def mean_std(columns: list[list[float]]) -> list[str]:
+    """Per step: mean over seeds +- std over seeds (population), or the value for one seed."""
+    values = np.array(columns)  # [seeds, steps]
+    if len(values) == 1:
+        return [f"{v:.1f}" for v in values[0]]
+    return [f"{m:.1f} ± {s:.1f}" for m, s in zip(values.mean(0), values.std(0))]
+
+
+def table(experiments: dict, baselines: list[BaselineRun], steps: int) -> str:
+    header = ["experiment", "seeds", "iterations", "before"]
+    header += [f"after {k}" for k in range(1, steps + 1)]
+    header += ["env steps (one run)", "train time (one run)"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for (env, algo), runs in sorted(experiments.items()):
+        runs.sort(key=lambda r: r.seed)
+        cells = mean_std([r.adaptation[: steps + 1] for r in runs])
+        unit = "episodes 1..K" if runs[0].unit == "episode" else "steps"
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"{algo} on {env} ({unit})",
+                    str(len(runs)),
+                    str(runs[0].iterations),
+                    *cells,
+                    *[""] * (steps + 1 - len(cells)),
+                    f"{runs[0].env_steps / 1e6:.1f} M",
+                    f"{np.mean([r.train_seconds for r in runs]) / 60:.0f} min",
+                ]
+            )
+            + " |"
+        )
+    for base in sorted(baselines, key=lambda b: (b.env, b.kind)):
+        cells = [f"{v:.1f}" for v in base.adaptation[: steps + 1]]
+        seconds = f"{base.seconds / 60:.0f} min" if base.seconds else "?"
+        lines.append(
+            "| "
+            + " | ".join(
+                [
+                    f"SB3 PPO {base.kind} on {base.env}",
+                    "1",
+                    "",
+                    *cells,
+                    *[""] * (steps + 1 - len(cells)),
+                    f"{base.env_steps / 1e6:.2f} M",
+                    seconds,
+                ]
+            )
+            + " |"
+        )
+    return "\n".join(lines)
+
+
+def plot(env: str, algo: str, runs: list[SeedRun], baselines: list[BaselineRun], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (learning, adaptation) = plt.subplots(1, 2, figsize=(11, 4))
+    unit = runs[0].unit
+    first_k = 1 if unit == "episode" else 0
+    ks = sorted({k for r in runs for k in r.curves})
+    for k in ks:
+        its = runs[0].curves[k][0]
+        values = np.array([r.curves[k][1][: len(its)] for r in runs if k in r.curves])
+        label = f"{unit} {k}" if unit == "episode" else ("before" if k == 0 else f"after {k}")
+        line = learning.plot(its, values.mean(0), label=label)[0]
+        if len(values) > 1:
+            learning.fill_between(
+                its, values.min(0), values.max(0), alpha=0.2, color=line.get_color()
+            )
+    learning.set_xlabel("meta-iteration")
+    learning.set_ylabel("meta-test return (held-out tasks)")
+    learning.set_title(f"{algo} on {env}: learning ({len(runs)} seed(s), range shaded)")
+    learning.legend(fontsize=8)
+
+    values = np.array([r.adaptation for r in runs])
+    xs = np.arange(first_k, first_k + values.shape[1])
+    adaptation.errorbar(
+        xs, values.mean(0), yerr=values.std(0), marker="o", capsize=4, label=f"metarl {algo}"
+    )
+    for base in baselines:
+        if base.env == env:
+            bx = np.arange(first_k, first_k + len(base.adaptation))
+            adaptation.plot(bx, base.adaptation, "--", marker=".", label=f"SB3 PPO {base.kind}")
+    adaptation.set_xlabel("episode in trial" if unit == "episode" else "adaptation step")
+    adaptation.set_ylabel("return")
+    adaptation.set_title("after meta-training: mean ± std over seeds")
+    adaptation.legend(fontsize=8)
+    fig.tight_layout()
+    path = out / f"{env}-{algo}.png"
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("root", type=Path, help="folder holding the run directories")
+    parser.add_argument("--out", type=Path, default=Path("docs"), help="where the PNGs go")
+    parser.add_argument("--steps", type=int, default=3, help="adaptation steps in the table")
+    args = parser.parse_args()
+    experiments, baselines = collect(args.root)
+    if not experiments and not baselines:
+        raise SystemExit(f"no finished runs under {args.root}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for (env, algo), runs in sorted(experiments.items()):
+        print(f"wrote {plot(env, algo, runs, baselines, args.out)}")
+    print()
+    print(table(experiments, baselines, args.steps))
+    machine = f"{platform.machine()} {platform.processor() or ''}".strip()
+    print(f"\nmachine: {machine}, Python {platform.python_version()}")
+
+
+if __name__ == "__main__":
+    main()
