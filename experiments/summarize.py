@@ -46,7 +46,8 @@ class SeedRun:
     env_steps: int
     train_seconds: float
     iterations: int
-    curves: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)  # k -> (its, R)
+    # k -> (iterations completed, meta-test return); TensorBoard's step is the 0-based iteration
+    curves: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
 
 
 @dataclass
@@ -81,7 +82,7 @@ def read_metarl_run(run_dir: Path, config: dict) -> SeedRun | None:
     for tag, (steps, values) in scalars.items():
         match = RETURN_TAG.match(tag)
         if match:
-            curves[int(match.group(2))] = (steps, values)
+            curves[int(match.group(2))] = ([step + 1 for step in steps], values)
     return SeedRun(
         seed=int(config["seed"]),
         adaptation=[row["mean"] for row in final["summary"]],
