@@ -89,6 +89,12 @@ class Config:
     ppo_epochs: int = _key(5, "PPO epochs over each meta-batch", min=1)
     ppo_clip: float = _key(0.2, "PPO ratio clip epsilon", min=0.0)
     ppo_lr: float = _key(1e-3, "PPO outer learning rate (Adam)", min=0.0)
+    ppo_target_kl: float = _key(
+        0.0,
+        "stop an update's epochs before a step whose approximate KL to the batch's policy "
+        "exceeds 1.5 x this (stable-baselines3's rule); 0 = never",
+        min=0.0,
+    )
 
     # --- RL2 (defaults after garage's RL2-PPO examples: GRU 64, lambda 0.95, 2 episodes) ----
     rl2_hidden_size: int = _key(64, "RL2: GRU hidden size", min=1)

@@ -162,3 +162,27 @@ def test_maml_trpo_learns_to_adapt_on_point_nav(tmp_path):
     before = [v for _, v in tags["adapt/return_step_0"][-3:]]
     after = [v for _, v in tags["adapt/return_step_1"][-3:]]
     assert sum(after) / 3 > sum(before) / 3 + 5.0, (before, after)
+
+
+@pytest.mark.parametrize("algo", ["maml-ppo", "rl2"])
+def test_target_kl_stops_epochs_before_the_step_that_would_pass_it(tmp_path, algo):
+    """The first step starts at KL 0; with a tiny target the next one is refused, so 5 epochs
+    behave exactly as 1 epoch (RL2 with one minibatch per epoch)."""
+    from metarl.checkpoint import load_latest
+
+    def final_policy(name: str, *extra: str) -> dict:
+        argv = [*TINY, "--algo", algo, "--logdir", str(tmp_path), "--run-name", name, *extra]
+        if algo == "rl2":
+            argv += ["--rl2-minibatches", "1", "--rl2-hidden-size", "8"]
+        assert train_cli.main(argv) == 0
+        return load_latest(tmp_path / name)["learner"]["policy"]
+
+    stopped = final_policy("stopped", "--ppo-epochs", "5", "--ppo-target-kl", "1e-12")
+    one_epoch = final_policy("one", "--ppo-epochs", "1")
+    free = final_policy("free", "--ppo-epochs", "5")
+    # RL2 shuffles the trials of its one minibatch per epoch: sums in another order
+    same = [torch.allclose(stopped[k], one_epoch[k], rtol=0, atol=1e-6) for k in stopped]
+    assert all(same)
+    assert not all(torch.allclose(stopped[k], free[k], rtol=0, atol=1e-4) for k in stopped)
+    tags = scalars(tmp_path / "stopped")
+    assert [v for _, v in tags["ppo/early_stop"]] == [1.0, 1.0, 1.0]

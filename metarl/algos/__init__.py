@@ -63,7 +63,11 @@ def build_learner(config: Config, policy, sampler, device: torch.device):
             from metarl.algos.maml_ppo import PPOUpdate
 
             outer = PPOUpdate(
-                inner, epochs=config.ppo_epochs, clip=config.ppo_clip, lr=config.ppo_lr
+                inner,
+                epochs=config.ppo_epochs,
+                clip=config.ppo_clip,
+                lr=config.ppo_lr,
+                target_kl=config.ppo_target_kl,
             )
         return MAML(config.algo, inner, outer, episodes_per_task=config.episodes_per_task)
     if config.algo == "rl2":
@@ -79,6 +83,7 @@ def build_learner(config: Config, policy, sampler, device: torch.device):
             epochs=config.ppo_epochs,
             clip=config.ppo_clip,
             lr=config.ppo_lr,
+            target_kl=config.ppo_target_kl,
             minibatches=config.rl2_minibatches,
             value_coef=config.rl2_value_coef,
             entropy_coef=config.rl2_entropy_coef,

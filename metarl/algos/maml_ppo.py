@@ -19,11 +19,14 @@ from metarl.functional import batched_log_prob, masked_mean
 class PPOUpdate:
     """The outer update of MAML-PPO; owns the Adam optimiser of the meta-parameters."""
 
-    def __init__(self, inner: MAMLInnerLoop, *, epochs: int, clip: float, lr: float) -> None:
+    def __init__(
+        self, inner: MAMLInnerLoop, *, epochs: int, clip: float, lr: float, target_kl: float = 0.0
+    ) -> None:
         self.inner = inner
         self.policy = inner.policy
         self.epochs = epochs
         self.clip = clip
+        self.target_kl = target_kl
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=lr)
         self.rejected_updates = 0
 
@@ -36,12 +39,18 @@ class PPOUpdate:
         # A non-finite epoch rejects the whole update: restore these (and Adam's state).
         saved_params = [p.detach().clone() for p in self.policy.parameters()]
         saved_optimizer = copy.deepcopy(self.optimizer.state_dict())
+        stats["ppo/early_stop"] = 0.0
         for epoch in range(self.epochs):
             adapted = self.inner.adapted_params(data.train, create_graph=True)
             log_ratio = (
                 batched_log_prob(spec, adapted, valid.observations, valid.actions) - old_log_probs
             )
             ratio = torch.exp(log_ratio)
+            with torch.no_grad():
+                approx_kl = float(masked_mean((ratio - 1) - log_ratio, valid.mask).mean())
+            if self.target_kl > 0 and approx_kl > 1.5 * self.target_kl:
+                stats["ppo/early_stop"] = 1.0  # as stable-baselines3: before the step
+                break
             clipped = torch.clamp(ratio, 1.0 - self.clip, 1.0 + self.clip)
             surrogate = torch.min(ratio * valid.advantages, clipped * valid.advantages)
             loss = -masked_mean(surrogate, valid.mask).mean()
@@ -63,9 +72,7 @@ class PPOUpdate:
                 if epoch == 0:
                     stats["loss/surrogate_before"] = float(loss.detach())
                 stats["loss/surrogate_after"] = float(loss.detach())
-                stats["ppo/approx_kl"] = float(
-                    masked_mean((ratio - 1) - log_ratio, valid.mask).mean()
-                )
+                stats["ppo/approx_kl"] = approx_kl
                 stats["ppo/clip_fraction"] = float(
                     masked_mean(((ratio - 1).abs() > self.clip).float(), valid.mask).mean()
                 )

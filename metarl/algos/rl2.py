@@ -51,6 +51,7 @@ class RL2:
         epochs: int,
         clip: float,
         lr: float,
+        target_kl: float = 0.0,
         minibatches: int,
         value_coef: float,
         entropy_coef: float,
@@ -66,6 +67,7 @@ class RL2:
         self.gae_lambda = gae_lambda
         self.epochs = epochs
         self.clip = clip
+        self.target_kl = target_kl
         self.minibatches = minibatches
         self.value_coef = value_coef
         self.entropy_coef = entropy_coef
@@ -149,6 +151,7 @@ class RL2:
         sums = {"loss/policy": 0.0, "loss/value": 0.0, "ppo/entropy": 0.0,
                 "ppo/approx_kl": 0.0, "ppo/clip_fraction": 0.0}  # fmt: skip
         n_updates = 0
+        stopped = False
         for _ in range(self.epochs):
             order = torch.randperm(n_trials)
             for idx in order.split(mb_size):
@@ -159,18 +162,33 @@ class RL2:
                 if step is None:
                     stats["ppo/rejected_nonfinite"] = 1.0
                     continue
+                if step == "stop":
+                    stopped = True
+                    break
                 for key, value in step.items():
                     sums[key] += value
                 n_updates += 1
+            if stopped:
+                break
         stats.update({k: v / max(n_updates, 1) for k, v in sums.items()})
+        stats["ppo/early_stop"] = float(stopped)
+        stats["ppo/minibatch_steps"] = float(n_updates)
         return stats
 
     def _minibatch_step(self, inputs, actions, mask, old_log_probs, advantages, returns):
-        """One Adam step on a minibatch of trials; ``None`` if loss or gradient is not finite."""
+        """One Adam step on a minibatch of trials.
+
+        Returns its statistics, ``None`` if the loss or gradient is not finite (no step), or
+        ``"stop"`` (no step) when the policy has already moved past the KL target.
+        """
         mean, values = self.policy(inputs, bptt_chunk=self.bptt_chunk)
         log_probs = gaussian_log_prob(actions, mean, self.policy.log_std)
         log_ratio = log_probs - old_log_probs
         ratio = torch.exp(log_ratio)
+        with torch.no_grad():
+            approx_kl = float(masked_mean((ratio - 1) - log_ratio, mask))
+        if self.target_kl > 0 and approx_kl > 1.5 * self.target_kl:
+            return "stop"
         clipped = torch.clamp(ratio, 1.0 - self.clip, 1.0 + self.clip)
         policy_loss = -masked_mean(torch.min(ratio * advantages, clipped * advantages), mask)
         value_loss = masked_mean((values - returns).pow(2), mask)
@@ -192,7 +210,7 @@ class RL2:
                 "loss/policy": float(policy_loss),
                 "loss/value": float(value_loss),
                 "ppo/entropy": float(entropy),
-                "ppo/approx_kl": float(masked_mean((ratio - 1) - log_ratio, mask)),
+                "ppo/approx_kl": approx_kl,
                 "ppo/clip_fraction": float(
                     masked_mean(((ratio - 1).abs() > self.clip).float(), mask)
                 ),
