@@ -6,7 +6,10 @@ Reads every run directory under the given folder (any depth):
 
 * metarl runs (``config.yaml`` + TensorBoard events + ``eval/*.json`` from
   ``python -m metarl.evaluate RUN_DIR --adapt-steps 3``), grouped into one
-  experiment per (env, algo) with one row per experiment: the meta-test return
+  experiment per (env, algo, settings): runs whose configs differ only in the
+  seed or in how they ran (workers, device, ...) are seeds of one experiment.
+  One row per experiment (named by the settings that set it apart from
+  others on the same env and algo): the meta-test return
   on the held-out tasks before adapting and after each adaptation step (RL²:
   episode 1, then episodes 2, 3, ... of the trial), as the mean over seeds of
   each seed's mean over tasks, +- the standard deviation over seeds; the env
@@ -14,7 +17,7 @@ Reads every run directory under the given folder (any depth):
   ``time/iteration``, so periodic meta-tests are not counted);
 * baselines (``results.json`` from ``python -m metarl.baselines``), one row each.
 
-Writes ``<out>/<env>-<algo>.png`` per experiment: the learning curve (the
+Writes ``<out>/<env>-<algo>[-<key>-<value>].png`` per experiment: the learning curve (the
 periodic meta-test return ``test/return_*`` against iteration, mean and range
 over seeds) beside the final adaptation curve, with the family's baselines as
 dashed lines. Prints the table as Markdown.
@@ -34,6 +37,19 @@ import numpy as np
 import yaml
 
 RETURN_TAG = re.compile(r"^test/return_(step|episode)_(\d+)$")
+# Config keys that say how a run ran, not what it learns: runs differing only in these
+# (and the seed) are seeds of one experiment.
+HOW_IT_RAN = {
+    "seed", "run_name", "logdir", "workers", "sampler", "ray_address", "device",
+    "torch_threads", "checkpoint_every", "keep_checkpoints",
+}  # fmt: skip
+
+
+@dataclass(frozen=True, order=True)
+class Experiment:
+    env: str
+    algo: str
+    settings: tuple[tuple[str, str], ...]  # (key, repr(value)) of every other config key
 
 
 @dataclass
@@ -94,8 +110,26 @@ def read_metarl_run(run_dir: Path, config: dict) -> SeedRun | None:
     )
 
 
-def collect(root: Path) -> tuple[dict[tuple[str, str], list[SeedRun]], list[BaselineRun]]:
-    experiments: dict[tuple[str, str], list[SeedRun]] = defaultdict(list)
+def experiment_of(config: dict) -> Experiment:
+    settings = tuple(sorted((k, repr(v)) for k, v in config.items() if k not in HOW_IT_RAN))
+    return Experiment(config["env"], config["algo"], settings)
+
+
+def distinguishing(experiment: Experiment, others: list[Experiment]) -> list[tuple[str, str]]:
+    """The settings of ``experiment`` that differ from another experiment on its env and algo."""
+    mine = dict(experiment.settings)
+    siblings = [o for o in others if (o.env, o.algo) == (experiment.env, experiment.algo)]
+    keys = {k for o in siblings if o != experiment for k, v in o.settings if mine.get(k) != v}
+    return [(k, mine[k]) for k in sorted(keys) if k in mine]
+
+
+def experiment_label(experiment: Experiment, others: list[Experiment]) -> str:
+    extra = ", ".join(f"{k} {v}" for k, v in distinguishing(experiment, others))
+    return f"{experiment.algo} on {experiment.env}" + (f" ({extra})" if extra else "")
+
+
+def collect(root: Path) -> tuple[dict[Experiment, list[SeedRun]], list[BaselineRun]]:
+    experiments: dict[Experiment, list[SeedRun]] = defaultdict(list)
     baselines: list[BaselineRun] = []
     for config_path in sorted(root.rglob("config.yaml")):
         run_dir = config_path.parent
@@ -116,7 +150,7 @@ def collect(root: Path) -> tuple[dict[tuple[str, str], list[SeedRun]], list[Base
             continue
         run = read_metarl_run(run_dir, config)
         if run is not None:
-            experiments[(config["env"], config["algo"])].append(run)
+            experiments[experiment_of(config)].append(run)
     return experiments, baselines
 
 
@@ -133,7 +167,7 @@ def table(experiments: dict, baselines: list[BaselineRun], steps: int) -> str:
     header += [f"after {k}" for k in range(1, steps + 1)]
     header += ["env steps (one run)", "train time (one run)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for (env, algo), runs in sorted(experiments.items()):
+    for experiment, runs in sorted(experiments.items()):
         runs.sort(key=lambda r: r.seed)
         cells = mean_std([r.adaptation[: steps + 1] for r in runs])
         unit = "episodes 1..K" if runs[0].unit == "episode" else "steps"
@@ -141,7 +175,7 @@ def table(experiments: dict, baselines: list[BaselineRun], steps: int) -> str:
             "| "
             + " | ".join(
                 [
-                    f"{algo} on {env} ({unit})",
+                    f"{experiment_label(experiment, list(experiments))}, {unit}",
                     str(len(runs)),
                     str(runs[0].iterations),
                     *cells,
@@ -173,7 +207,13 @@ def table(experiments: dict, baselines: list[BaselineRun], steps: int) -> str:
     return "\n".join(lines)
 
 
-def plot(env: str, algo: str, runs: list[SeedRun], baselines: list[BaselineRun], out: Path) -> Path:
+def plot(
+    experiment: Experiment,
+    others: list[Experiment],
+    runs: list[SeedRun],
+    baselines: list[BaselineRun],
+    out: Path,
+) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -194,16 +234,23 @@ def plot(env: str, algo: str, runs: list[SeedRun], baselines: list[BaselineRun],
             )
     learning.set_xlabel("meta-iteration")
     learning.set_ylabel("meta-test return (held-out tasks)")
-    learning.set_title(f"{algo} on {env}: learning ({len(runs)} seed(s), range shaded)")
+    learning.set_title(
+        f"{experiment_label(experiment, others)}: {len(runs)} seed(s), range shaded", fontsize=9
+    )
     learning.legend(fontsize=8)
 
     values = np.array([r.adaptation for r in runs])
     xs = np.arange(first_k, first_k + values.shape[1])
     adaptation.errorbar(
-        xs, values.mean(0), yerr=values.std(0), marker="o", capsize=4, label=f"metarl {algo}"
+        xs,
+        values.mean(0),
+        yerr=values.std(0),
+        marker="o",
+        capsize=4,
+        label=f"metarl {experiment.algo}",
     )
     for base in baselines:
-        if base.env == env:
+        if base.env == experiment.env:
             bx = np.arange(first_k, first_k + len(base.adaptation))
             adaptation.plot(bx, base.adaptation, "--", marker=".", label=f"SB3 PPO {base.kind}")
     adaptation.set_xlabel("episode in trial" if unit == "episode" else "adaptation step")
@@ -211,7 +258,8 @@ def plot(env: str, algo: str, runs: list[SeedRun], baselines: list[BaselineRun],
     adaptation.set_title("after meta-training: mean ± std over seeds")
     adaptation.legend(fontsize=8)
     fig.tight_layout()
-    path = out / f"{env}-{algo}.png"
+    suffix = "".join(f"-{k}-{v}" for k, v in distinguishing(experiment, others))
+    path = out / re.sub(r"[^A-Za-z0-9_.-]", "", f"{experiment.env}-{experiment.algo}{suffix}.png")
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return path
@@ -227,8 +275,8 @@ def main() -> None:
     if not experiments and not baselines:
         raise SystemExit(f"no finished runs under {args.root}")
     args.out.mkdir(parents=True, exist_ok=True)
-    for (env, algo), runs in sorted(experiments.items()):
-        print(f"wrote {plot(env, algo, runs, baselines, args.out)}")
+    for experiment, runs in sorted(experiments.items()):
+        print(f"wrote {plot(experiment, list(experiments), runs, baselines, args.out)}")
     print()
     print(table(experiments, baselines, args.steps))
     machine = f"{platform.machine()} {platform.processor() or ''}".strip()

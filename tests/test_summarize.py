@@ -46,8 +46,9 @@ def test_table_and_plot_from_two_seeds(tmp_path, capsys):
 
     summarize = load_summarize()
     experiments, baselines = summarize.collect(tmp_path)
-    assert baselines == [] and list(experiments) == [("point-nav", "maml-trpo")]
-    runs = experiments[("point-nav", "maml-trpo")]
+    assert baselines == [] and len(experiments) == 1  # two seeds of one experiment
+    ((experiment, runs),) = experiments.items()
+    assert (experiment.env, experiment.algo) == ("point-nav", "maml-trpo")
     assert sorted(r.seed for r in runs) == [0, 1]
     assert all(r.env_steps == 2 * 2 * 2 * 2 * 10 for r in runs)  # iters x tasks x eps x 2 x T
     assert all(
@@ -59,5 +60,16 @@ def test_table_and_plot_from_two_seeds(tmp_path, capsys):
     expected = np.array(finals)
     for k in range(3):
         assert f"{expected[:, k].mean():.1f} ± {expected[:, k].std():.1f}" in row
-    png = summarize.plot("point-nav", "maml-trpo", runs, baselines, tmp_path)
-    assert png.stat().st_size > 10_000
+    assert "maml-trpo on point-nav, steps" in row
+    png = summarize.plot(experiment, [experiment], runs, baselines, tmp_path)
+    assert png.name == "point-nav-maml-trpo.png" and png.stat().st_size > 10_000
+
+    # A third run with another inner learning rate is its own experiment, named by it.
+    argv = [*TINY, "--inner-lr", "0.5", "--logdir", str(tmp_path), "--run-name", "lr-s0"]
+    assert train_cli.main(argv) == 0
+    assert evaluate_cli.main([str(tmp_path / "lr-s0"), "--adapt-steps", "2", "--workers", "0"]) == 0
+    experiments, _ = summarize.collect(tmp_path)
+    assert sorted(len(runs) for runs in experiments.values()) == [1, 2]
+    rows = summarize.table(experiments, [], steps=2).splitlines()[2:]
+    assert any("maml-trpo on point-nav (inner_lr 0.1), steps | 2 |" in r for r in rows), rows
+    assert any("maml-trpo on point-nav (inner_lr 0.5), steps | 1 |" in r for r in rows), rows
