@@ -30,11 +30,13 @@ import json
 import platform
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 import yaml
+
+from metarl.config import Config
 
 RETURN_TAG = re.compile(r"^test/return_(step|episode)_(\d+)$")
 # Config keys that say how a run ran, not what it learns: runs differing only in these
@@ -111,7 +113,9 @@ def read_metarl_run(run_dir: Path, config: dict) -> SeedRun | None:
 
 
 def experiment_of(config: dict) -> Experiment:
-    settings = tuple(sorted((k, repr(v)) for k, v in config.items() if k not in HOW_IT_RAN))
+    # A key added after a run was made takes its default, which is what that run used.
+    resolved = {**asdict(Config()), **config}
+    settings = tuple(sorted((k, repr(v)) for k, v in resolved.items() if k not in HOW_IT_RAN))
     return Experiment(config["env"], config["algo"], settings)
 
 
