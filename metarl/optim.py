@@ -27,7 +27,14 @@ __all__ = [
     "conjugate_gradient",
     "flat_grad",
     "make_hvp",
+    "past_kl_target",
 ]
+
+
+def past_kl_target(approx_kl: float, target_kl: float) -> bool:
+    """PPO early stopping, stable-baselines3's rule: stop once the approximate KL to the
+    sampling policy exceeds 1.5 x the target; a target of 0 never stops."""
+    return target_kl > 0 and approx_kl > 1.5 * target_kl
 
 
 def _flatten(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor:

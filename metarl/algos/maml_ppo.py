@@ -14,6 +14,7 @@ import torch
 
 from metarl.algos.maml import AdaptationData, MAMLInnerLoop
 from metarl.functional import batched_log_prob, masked_mean
+from metarl.optim import past_kl_target
 
 
 class PPOUpdate:
@@ -48,8 +49,8 @@ class PPOUpdate:
             ratio = torch.exp(log_ratio)
             with torch.no_grad():
                 approx_kl = float(masked_mean((ratio - 1) - log_ratio, valid.mask).mean())
-            if self.target_kl > 0 and approx_kl > 1.5 * self.target_kl:
-                stats["ppo/early_stop"] = 1.0  # as stable-baselines3: before the step
+            if past_kl_target(approx_kl, self.target_kl):
+                stats["ppo/early_stop"] = 1.0  # before the step, as stable-baselines3
                 break
             clipped = torch.clamp(ratio, 1.0 - self.clip, 1.0 + self.clip)
             surrogate = torch.min(ratio * valid.advantages, clipped * valid.advantages)

@@ -20,6 +20,7 @@ import time
 import torch
 
 from metarl.algos.maml import IterationResult
+from metarl.optim import past_kl_target
 from metarl.policies.gaussian_mlp import gaussian_log_prob, params_to_numpy
 from metarl.policies.recurrent import GaussianGRUPolicy, rl2_inputs
 from metarl.returns import explained_variance, gae_advantages, normalize_advantages
@@ -187,7 +188,7 @@ class RL2:
         ratio = torch.exp(log_ratio)
         with torch.no_grad():
             approx_kl = float(masked_mean((ratio - 1) - log_ratio, mask))
-        if self.target_kl > 0 and approx_kl > 1.5 * self.target_kl:
+        if past_kl_target(approx_kl, self.target_kl):
             return "stop"
         clipped = torch.clamp(ratio, 1.0 - self.clip, 1.0 + self.clip)
         policy_loss = -masked_mean(torch.min(ratio * advantages, clipped * advantages), mask)
