@@ -166,18 +166,21 @@ def mean_std(columns: list[list[float]]) -> list[str]:
     return [f"{m:.1f} ± {s:.1f}" for m, s in zip(values.mean(0), values.std(0))]
 
 
+def markdown_row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
 def table(experiments: dict, baselines: list[BaselineRun], steps: int) -> str:
     header = ["experiment", "seeds", "iterations", "before"]
     header += [f"after {k}" for k in range(1, steps + 1)]
     header += ["env steps (one run)", "train time (one run)"]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines = [markdown_row(header), "|" + "---|" * len(header)]
     for experiment, runs in sorted(experiments.items()):
         runs.sort(key=lambda r: r.seed)
         cells = mean_std([r.adaptation[: steps + 1] for r in runs])
         unit = "episodes 1..K" if runs[0].unit == "episode" else "steps"
         lines.append(
-            "| "
-            + " | ".join(
+            markdown_row(
                 [
                     f"{experiment_label(experiment, list(experiments))}, {unit}",
                     str(len(runs)),
@@ -188,14 +191,11 @@ def table(experiments: dict, baselines: list[BaselineRun], steps: int) -> str:
                     f"{np.mean([r.train_seconds for r in runs]) / 60:.0f} min",
                 ]
             )
-            + " |"
         )
     for base in sorted(baselines, key=lambda b: (b.env, b.kind)):
         cells = [f"{v:.1f}" for v in base.adaptation[: steps + 1]]
-        seconds = f"{base.seconds / 60:.0f} min" if base.seconds else "?"
         lines.append(
-            "| "
-            + " | ".join(
+            markdown_row(
                 [
                     f"SB3 PPO {base.kind} on {base.env}",
                     "1",
@@ -203,10 +203,9 @@ def table(experiments: dict, baselines: list[BaselineRun], steps: int) -> str:
                     *cells,
                     *[""] * (steps + 1 - len(cells)),
                     f"{base.env_steps / 1e6:.2f} M",
-                    seconds,
+                    f"{base.seconds / 60:.0f} min" if base.seconds else "?",
                 ]
             )
-            + " |"
         )
     return "\n".join(lines)
 
