@@ -43,7 +43,7 @@ class TRPOUpdate:
         cg_damping: float,
         ls_max_backtracks: int,
         ls_backtrack_ratio: float,
-        fisher: str = "adapted",
+        fisher: str = "full",
         fisher_subsample: float = 1.0,
     ) -> None:
         self.inner = inner
@@ -76,10 +76,13 @@ class TRPOUpdate:
     def _fisher_kl(self, data: AdaptationData, full_kl: torch.Tensor) -> torch.Tensor:
         """The KL whose Hessian preconditions the step (see the ``trpo_fisher`` config key).
 
-        ``"full"`` with every step: the exact KL through the inner loop. Otherwise the
-        adapted policies are written as ``theta + const`` (the inner step held fixed),
-        which drops the third-order terms that make the exact Hessian-vector product
-        ~4x dearer, and the KL is averaged over every ``fisher_stride``-th validation step.
+        ``"full"`` with every step: the exact KL through the inner loop. ``"adapted"``
+        writes the adapted policies as ``theta + const`` (the inner step held fixed),
+        which drops the terms that make the exact Hessian-vector product dearer but
+        also the inner step's sensitivity to ``theta``: once MAML has made that large
+        the real KL of a step is hundreds of times the modelled one and the line search
+        shrinks every step to a few percent. With ``fisher_stride > 1`` the KL is
+        averaged over every ``fisher_stride``-th validation step.
         """
         if self.fisher == "full" and self.fisher_stride == 1:
             return full_kl
