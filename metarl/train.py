@@ -486,10 +486,18 @@ def resume(run_dir: Path, overrides: dict | None = None) -> int:
             f"checkpoint in {str(run_dir)!r} does not match the "
             f"{config.algo} policy on {config.env}: {_first_line(exc)}"
         ) from exc
+    progress = progress_from_checkpoint(state)
+    if progress.next_iteration >= config.iterations:
+        run.sampler.close()
+        print(
+            f"{run_dir} has already run its {config.iterations} iterations; "
+            "pass --iterations N (more) to train it further",
+            flush=True,
+        )
+        return 0
     restore_rng_states(state.get("rng") or {"torch": state["torch_rng"]})
     remove_stale_temporaries(run_dir)
     save_config(config, run_dir / "config.yaml")
-    progress = progress_from_checkpoint(state)
     print(
         f"Resuming {run_dir} at iteration {progress.next_iteration + 1}/{config.iterations}",
         flush=True,

@@ -326,6 +326,15 @@ def test_resume_with_another_env_algo_or_architecture_is_refused(
     assert fingerprint(finished_run) == before
 
 
+def test_resume_of_a_finished_run_says_so_and_changes_nothing(tmp_path, finished_run):
+    before = fingerprint(finished_run)
+    result = run_cli("metarl.train", "--resume", str(finished_run), cwd=tmp_path, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert "has already run its 3 iterations; pass --iterations N" in result.stdout
+    assert "Resuming" not in result.stdout
+    assert fingerprint(finished_run) == before
+
+
 def test_resume_of_a_corrupt_or_mismatched_checkpoint_is_refused(tmp_path, finished_run):
     run_dir = tmp_path / "copy"
     (run_dir / "checkpoints").mkdir(parents=True)
