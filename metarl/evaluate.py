@@ -46,6 +46,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--episodes", type=int, default=0, help="episodes per task per step; 0 = the run's value"
     )
     parser.add_argument("--workers", type=int, default=-1, help="rollout workers (-1 = per core)")
+    parser.add_argument(
+        "--sampler", choices=("local", "ray"), help="rollout backend; default: the run's"
+    )
+    parser.add_argument(
+        "--ray-address", help="with --sampler ray: the cluster to join; default: the run's"
+    )
     parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation rollouts")
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return parser
@@ -118,6 +124,10 @@ def evaluate(args: argparse.Namespace) -> int:
     path = checkpoint_path(run_dir, args.checkpoint)
     state = load_checkpoint(path)
     overrides = {"workers": args.workers, "seed": state["config"]["seed"]}
+    if args.sampler is not None:  # a run trained on a Ray cluster can be evaluated locally
+        overrides |= {"sampler": args.sampler, "ray_address": ""}
+    if args.ray_address is not None:
+        overrides["ray_address"] = args.ray_address
     config = build_config({**state["config"], **overrides})
     run = build_run(config, run_dir)
     try:

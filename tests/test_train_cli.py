@@ -13,7 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from metarl import train as train_cli
-from metarl.checkpoint import periodic_checkpoints
+from metarl.checkpoint import load_checkpoint, periodic_checkpoints
 
 TINY = [
     "--env", "point-nav", "--iterations", "3", "--meta-batch-size", "3",
@@ -80,6 +80,20 @@ def test_smoke_run_writes_config_events_and_checkpoints(tmp_path, algo):
     assert [row["step"] for row in report["summary"]] == [0, 1, 2]
     assert len(report["per_task"]) == 3
     assert next((run_dir / "eval").glob("*.png")).stat().st_size > 1000
+
+
+def test_evaluate_can_override_the_runs_sampler(tmp_path):
+    """A run trained with --sampler ray on a cluster is evaluated here with local workers."""
+    assert train_cli.main([*TINY, "--eval-every", "0", "--logdir", str(tmp_path),
+                           "--run-name", "r"]) == 0  # fmt: skip
+    ckpt = periodic_checkpoints(tmp_path / "r")[-1]
+    state = load_checkpoint(ckpt)
+    state["config"] |= {"sampler": "ray", "ray_address": "10.0.0.1:6379"}
+    torch.save(state, ckpt)
+    result = run_cli("metarl.evaluate", str(tmp_path / "r"), "--adapt-steps", "1",
+                     "--sampler", "local", "--workers", "0", cwd=tmp_path)  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert next((tmp_path / "r" / "eval").glob("*.json")).is_file()
 
 
 @pytest.mark.parametrize(
