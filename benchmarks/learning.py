@@ -10,7 +10,7 @@ adapting and after each of ``--adapt-steps`` inner steps. (halfcheetah-dir has
 only two tasks, so its test pool is fresh draws of forward and backward, as in
 the MAML paper: what is held out is the episodes, not the direction.)
 
-    python benchmarks/learning.py            # the YAML as is: 300 iterations (~17 min on 2 cores)
+    python benchmarks/learning.py            # the YAML as is: 300 iterations (~30 min on 2 cores)
     python benchmarks/learning.py --quick    # 50 iterations x 10 tasks, 10 test tasks
     python benchmarks/learning.py --quick --iterations 2   # a smoke run of the script
 
