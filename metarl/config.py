@@ -74,7 +74,7 @@ class Config:
         "full",
         "Fisher for the natural gradient: 'full' = the KL differentiated through the inner "
         "loop (as pytorch-maml-rl and learn2learn); 'adapted' = the inner step held fixed "
-        "(update ~3x cheaper, but once the meta-policy is trained its steps overshoot the KL "
+        "(update 3-5x cheaper, but once the meta-policy is trained its steps overshoot the KL "
         "bound and the line search keeps ~5% of them: halfcheetah-dir learns ~10x slower)",
         choices=("adapted", "full"),
     )

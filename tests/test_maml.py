@@ -20,7 +20,6 @@ from metarl.functional import (
 )
 from metarl.optim import make_hvp
 from metarl.policies import GaussianMLPPolicy, MLPSpec
-from metarl.policies.gaussian_mlp import gaussian_log_prob
 
 T, N = 3, 12
 
@@ -208,7 +207,7 @@ def modelled_and_real_kl(fisher: str, inner_lr: float, eps: float) -> tuple[floa
         ls_backtrack_ratio=0.8, fisher=fisher,
     )  # fmt: skip
     params = list(policy.parameters())
-    old = update_old_policy(policy, data)
+    old = OldPolicy.of(policy.spec, data)
     _, kl = update._surrogate_and_kl(data, old, create_graph=True)
     fisher_vp = make_hvp(update._fisher_kl(data, kl), params, damping=0.0)
     n_params = sum(p.numel() for p in params)
@@ -221,14 +220,6 @@ def modelled_and_real_kl(fisher: str, inner_lr: float, eps: float) -> tuple[floa
         )
     _, real = update._surrogate_and_kl(data, old, create_graph=False)
     return modelled, float(real.detach())
-
-
-def update_old_policy(policy, data) -> OldPolicy:
-    """The constants of a TRPO update: the adapted policies that collected ``data.valid``."""
-    with torch.no_grad():
-        mean = batched_mean(policy.spec, data.old_params, data.valid.observations)
-        log_std = data.old_params["log_std"].unsqueeze(1)
-        return OldPolicy(mean, log_std, gaussian_log_prob(data.valid.actions, mean, log_std))
 
 
 @pytest.mark.parametrize("inner_lr", [0.1, 2.0])

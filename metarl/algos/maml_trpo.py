@@ -20,7 +20,7 @@ import torch
 from metarl.algos.maml import AdaptationData, MAMLInnerLoop
 from metarl.functional import batched_kl, batched_mean, diag_gaussian_kl, expand_params, masked_mean
 from metarl.optim import backtracking_line_search, conjugate_gradient, flat_grad, make_hvp
-from metarl.policies.gaussian_mlp import gaussian_log_prob
+from metarl.policies.gaussian_mlp import MLPSpec, gaussian_log_prob
 
 
 class OldPolicy(NamedTuple):
@@ -29,6 +29,15 @@ class OldPolicy(NamedTuple):
     mean: torch.Tensor  # [T, N, A]
     log_std: torch.Tensor  # [T, 1, A]
     log_probs: torch.Tensor  # [T, N]
+
+    @classmethod
+    def of(cls, spec: MLPSpec, data: AdaptationData) -> OldPolicy:
+        """The policies ``data.old_params`` evaluated on ``data.valid`` (no graph)."""
+        valid = data.valid
+        with torch.no_grad():
+            mean = batched_mean(spec, data.old_params, valid.observations)
+            log_std = data.old_params["log_std"].unsqueeze(1)
+            return cls(mean, log_std, gaussian_log_prob(valid.actions, mean, log_std))
 
 
 class TRPOUpdate:
@@ -98,13 +107,7 @@ class TRPOUpdate:
 
     def update(self, data: AdaptationData) -> dict[str, float]:
         params = list(self.policy.parameters())
-        valid = data.valid
-        with torch.no_grad():
-            old_mean = batched_mean(self.policy.spec, data.old_params, valid.observations)
-            old_log_std = data.old_params["log_std"].unsqueeze(1)
-            old = OldPolicy(
-                old_mean, old_log_std, gaussian_log_prob(valid.actions, old_mean, old_log_std)
-            )
+        old = OldPolicy.of(self.policy.spec, data)
 
         loss, kl = self._surrogate_and_kl(data, old, create_graph=True)
         grad = flat_grad(loss, params, retain_graph=True)
