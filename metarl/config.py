@@ -284,7 +284,8 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
             continue  # YAML only
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
-        help_text = f"{f.metadata['help']} (default: {default!r})"
+        # argparse %-formats help strings: a literal "%" in a key's help must be doubled.
+        help_text = f"{f.metadata['help']} (default: {default!r})".replace("%", "%%")
         if types_[f.name] is bool:
             parser.add_argument(
                 flag,

@@ -135,6 +135,23 @@ def test_device_cuda_without_cuda_is_a_clear_error(tmp_path):
     assert "CUDA is not available" in result.stderr
 
 
+@pytest.mark.parametrize(
+    "script",
+    ["metarl.train", "metarl.evaluate", "metarl.baselines", "benchmarks/learning.py",
+     "benchmarks/maml_iteration.py", "benchmarks/sampler.py", "experiments/summarize.py"],
+)  # fmt: skip
+def test_help_of_every_command_prints(script):
+    # argparse %-formats help strings: one stray "%" in a config key's help broke --help.
+    cmd = ["-m", script] if script.startswith("metarl.") else [script]
+    result = subprocess.run(
+        [sys.executable, *cmd, "--help"], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    assert "usage:" in result.stdout
+    if script == "metarl.train":
+        assert "--trpo-fisher" in result.stdout and "~5% of them" in result.stdout
+
+
 def test_list_envs_shows_every_family():
     result = run_cli("metarl.train", "--list-envs", cwd=Path.cwd(), timeout=60)
     assert result.returncode == 0
