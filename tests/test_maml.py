@@ -237,6 +237,45 @@ def test_full_fisher_models_the_kl_of_the_adapted_policies(inner_lr):
         assert modelled < 0.5 * real, (modelled, real)
 
 
+def test_fisher_on_a_subset_of_tasks_is_the_exact_fisher_of_those_tasks():
+    """``fisher_subsample 0.5`` of 3 tasks keeps tasks 0 and 2: its Fisher-vector product
+    must equal the full Fisher's of a meta-batch made of those two tasks alone."""
+    policy = make_policy()
+    inner = inner_loop(policy, first_order=False)
+    data = adaptation_data(policy, inner)
+    params = list(policy.parameters())
+    keep = torch.tensor([0, 2])
+
+    def only_kept(batch: ProcessedBatch) -> ProcessedBatch:
+        return ProcessedBatch(
+            batch.observations[keep], batch.actions[keep], batch.mask[keep],
+            batch.advantages[keep], batch.mean_return, batch.explained_variance,
+        )  # fmt: skip
+
+    two_tasks = AdaptationData(
+        train=[only_kept(b) for b in data.train],
+        valid=only_kept(data.valid),
+        old_params={k: v[keep] for k, v in data.old_params.items()},
+        returns_per_step=data.returns_per_step,
+        per_task_returns=data.per_task_returns[:, keep],
+        env_steps=0,
+    )
+
+    def fisher_vp(subsample: float, batch: AdaptationData):
+        update = TRPOUpdate(
+            inner, max_kl=0.01, cg_iters=10, cg_damping=0.0, ls_max_backtracks=15,
+            ls_backtrack_ratio=0.8, fisher="full", fisher_subsample=subsample,
+        )  # fmt: skip
+        _, kl = update._surrogate_and_kl(batch, OldPolicy.of(policy.spec, batch), create_graph=True)
+        return make_hvp(update._fisher_kl(batch, kl), params)
+
+    v = torch.randn(sum(p.numel() for p in params), generator=torch.Generator().manual_seed(5))
+    v = v.double()
+    subset = fisher_vp(0.5, data)(v)
+    assert torch.allclose(subset, fisher_vp(1.0, two_tasks)(v), rtol=1e-10, atol=1e-12)
+    assert not torch.allclose(subset, fisher_vp(1.0, data)(v), rtol=1e-3)
+
+
 def test_ppo_update_that_turns_non_finite_later_restores_the_parameters():
     """A blow-up in a later epoch rejects the whole update, not just that epoch."""
     policy = make_policy()

@@ -17,6 +17,7 @@ Shapes: T tasks, E episodes per task, H horizon, N = E * H flattened steps.
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -85,6 +86,17 @@ def process_batch(
         advantages=advantages.reshape(n_tasks, n).to(device),
         mean_return=float(batch.returns.mean()),
         explained_variance=sum(variances) / len(variances),
+    )
+
+
+def task_subset(batch: ProcessedBatch, tasks: slice) -> ProcessedBatch:
+    """The tasks ``tasks`` of ``batch`` (a view: ``[T', N, ...]``; the summaries are kept)."""
+    return dataclasses.replace(
+        batch,
+        observations=batch.observations[tasks],
+        actions=batch.actions[tasks],
+        mask=batch.mask[tasks],
+        advantages=batch.advantages[tasks],
     )
 
 

@@ -17,7 +17,7 @@ from typing import NamedTuple
 
 import torch
 
-from metarl.algos.maml import AdaptationData, MAMLInnerLoop
+from metarl.algos.maml import AdaptationData, MAMLInnerLoop, task_subset
 from metarl.functional import batched_kl, batched_mean, diag_gaussian_kl, expand_params, masked_mean
 from metarl.optim import backtracking_line_search, conjugate_gradient, flat_grad, make_hvp
 from metarl.policies.gaussian_mlp import MLPSpec, gaussian_log_prob
@@ -85,25 +85,29 @@ class TRPOUpdate:
     def _fisher_kl(self, data: AdaptationData, full_kl: torch.Tensor) -> torch.Tensor:
         """The KL whose Hessian preconditions the step (see the ``trpo_fisher`` config key).
 
-        ``"full"`` with every step: the exact KL through the inner loop. ``"adapted"``
+        ``"full"`` on every task: the exact KL through the inner loop. ``"adapted"``
         writes the adapted policies as ``theta + const`` (the inner step held fixed),
         which drops the terms that make the exact Hessian-vector product dearer but
         also the inner step's sensitivity to ``theta``: once MAML has made that large
         the real KL of a step is hundreds of times the modelled one and the line search
         shrinks every step to a few percent. With ``fisher_stride > 1`` the KL is
-        averaged over every ``fisher_stride``-th validation step.
+        averaged over every ``fisher_stride``-th task of the meta-batch: an unbiased
+        estimate of the same Fisher, and each Hessian-vector product (90% of the update)
+        costs that many times less, because it runs through the inner loop of fewer tasks.
         """
         if self.fisher == "full" and self.fisher_stride == 1:
             return full_kl
-        valid, stride = data.valid, self.fisher_stride
-        obs, mask = valid.observations[:, ::stride], valid.mask[:, ::stride]
+        tasks = slice(None, None, self.fisher_stride)
+        valid = task_subset(data.valid, tasks)
+        old_params = {k: v[tasks] for k, v in data.old_params.items()}
         if self.fisher == "full":
-            adapted = self.inner.adapted_params(data.train, create_graph=True)
+            train = [task_subset(batch, tasks) for batch in data.train]
+            adapted = self.inner.adapted_params(train, create_graph=True)
         else:
-            meta = expand_params(self.policy.params(), obs.shape[0])
-            adapted = {k: meta[k] + (data.old_params[k] - meta[k]).detach() for k in meta}
-        kl = batched_kl(self.policy.spec, data.old_params, adapted, obs)
-        return masked_mean(kl, mask).mean()
+            meta = expand_params(self.policy.params(), valid.observations.shape[0])
+            adapted = {k: meta[k] + (old_params[k] - meta[k]).detach() for k in meta}
+        kl = batched_kl(self.policy.spec, old_params, adapted, valid.observations)
+        return masked_mean(kl, valid.mask).mean()
 
     def update(self, data: AdaptationData) -> dict[str, float]:
         params = list(self.policy.parameters())
