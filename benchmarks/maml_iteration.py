@@ -8,7 +8,7 @@ in shared/MEASURED.md). The first iteration (worker start-up, env creation)
 is a warm-up and is not timed.
 
     python benchmarks/maml_iteration.py [--quick] [--algo maml-trpo|maml-ppo]
-        [--iterations 3] [--workers N] [--first-order]
+        [--iterations 3] [--workers N] [--first-order] [--fisher-subsample 0.25]
 
 Last line: ``update_share: X.XX`` (meta-update seconds / iteration seconds;
 goal on CPU <= 0.25).
@@ -34,6 +34,9 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=3, help="timed iterations")
     parser.add_argument("--workers", type=int, default=-1, help="-1 = one per core")
     parser.add_argument("--first-order", action="store_true")
+    parser.add_argument(
+        "--fisher-subsample", type=float, default=1.0, help="fraction of tasks in the TRPO Fisher"
+    )
     args = parser.parse_args()
 
     tasks, episodes = (10, 10) if args.quick else (40, 20)
@@ -45,6 +48,7 @@ def main() -> None:
             "episodes_per_task": episodes,
             "workers": args.workers,
             "first_order": args.first_order,
+            "fisher_subsample": args.fisher_subsample,
             "eval_every": 0,
         }
     )
