@@ -195,6 +195,20 @@ def test_ppo_update_lowers_the_clipped_surrogate():
     assert stats["ppo/approx_kl"] >= 0.0
 
 
+def fisher_vector_product(
+    inner: MAMLInnerLoop, data: AdaptationData, *, fisher: str, fisher_subsample: float = 1.0
+):
+    """An undamped TRPO update on ``data``, its old policies and its ``v -> F v``."""
+    update = TRPOUpdate(
+        inner, max_kl=0.01, cg_iters=10, cg_damping=0.0, ls_max_backtracks=15,
+        ls_backtrack_ratio=0.8, fisher=fisher, fisher_subsample=fisher_subsample,
+    )  # fmt: skip
+    old = OldPolicy.of(inner.policy.spec, data)
+    _, kl = update._surrogate_and_kl(data, old, create_graph=True)
+    params = list(inner.policy.parameters())
+    return update, old, make_hvp(update._fisher_kl(data, kl), params, damping=0.0)
+
+
 def modelled_and_real_kl(fisher: str, inner_lr: float, eps: float) -> tuple[float, float]:
     """For a step ``eps * s`` of the meta-parameters (``s`` random, unit norm): the KL
     that TRPO's quadratic model ``0.5 eps^2 s^T F s`` predicts, and the real mean KL
@@ -202,14 +216,8 @@ def modelled_and_real_kl(fisher: str, inner_lr: float, eps: float) -> tuple[floa
     policy = make_policy()
     inner = inner_loop(policy, first_order=False, lr=inner_lr)
     data = adaptation_data(policy, inner)
-    update = TRPOUpdate(
-        inner, max_kl=0.01, cg_iters=10, cg_damping=0.0, ls_max_backtracks=15,
-        ls_backtrack_ratio=0.8, fisher=fisher,
-    )  # fmt: skip
+    update, old, fisher_vp = fisher_vector_product(inner, data, fisher=fisher)
     params = list(policy.parameters())
-    old = OldPolicy.of(policy.spec, data)
-    _, kl = update._surrogate_and_kl(data, old, create_graph=True)
-    fisher_vp = make_hvp(update._fisher_kl(data, kl), params, damping=0.0)
     n_params = sum(p.numel() for p in params)
     direction = torch.randn(n_params, generator=torch.Generator().manual_seed(3)).double()
     direction = direction / direction.norm()
@@ -262,12 +270,7 @@ def test_fisher_on_a_subset_of_tasks_is_the_exact_fisher_of_those_tasks():
     )
 
     def fisher_vp(subsample: float, batch: AdaptationData):
-        update = TRPOUpdate(
-            inner, max_kl=0.01, cg_iters=10, cg_damping=0.0, ls_max_backtracks=15,
-            ls_backtrack_ratio=0.8, fisher="full", fisher_subsample=subsample,
-        )  # fmt: skip
-        _, kl = update._surrogate_and_kl(batch, OldPolicy.of(policy.spec, batch), create_graph=True)
-        return make_hvp(update._fisher_kl(batch, kl), params)
+        return fisher_vector_product(inner, batch, fisher="full", fisher_subsample=subsample)[2]
 
     v = torch.randn(sum(p.numel() for p in params), generator=torch.Generator().manual_seed(5))
     v = v.double()
