@@ -22,8 +22,10 @@ from torch import Tensor
 from torch.nn.utils import parameters_to_vector
 
 __all__ = [
+    "ClippedSurrogate",
     "LineSearchResult",
     "backtracking_line_search",
+    "clipped_surrogate",
     "conjugate_gradient",
     "flat_grad",
     "make_hvp",
@@ -35,6 +37,36 @@ def past_kl_target(approx_kl: float, target_kl: float) -> bool:
     """PPO early stopping, stable-baselines3's rule: stop once the approximate KL to the
     sampling policy exceeds 1.5 x the target; a target of 0 never stops."""
     return target_kl > 0 and approx_kl > 1.5 * target_kl
+
+
+@dataclass(frozen=True)
+class ClippedSurrogate:
+    """PPO's clipped objective and its diagnostics, per step (each shaped like the input).
+
+    The caller reduces them over its own layout (per task, or over the whole batch).
+    """
+
+    objective: Tensor  # min(r * A, clip(r, 1 - eps, 1 + eps) * A): to maximise
+    approx_kl: Tensor  # (r - 1) - log r >= 0: Schulman's low-variance KL(old || new) estimator
+    clipped: Tensor  # 1.0 where |r - 1| > eps (the clip fraction's indicator), no gradient
+
+
+def clipped_surrogate(log_ratio: Tensor, advantages: Tensor, clip: float) -> ClippedSurrogate:
+    """PPO's clipped surrogate from ``log_ratio = log pi_new(a|s) - log pi_old(a|s)``.
+
+    Shared by MAML-PPO (its ratio is of the adapted policies) and RL2, so the two
+    report ``ppo/approx_kl`` and ``ppo/clip_fraction`` by one definition.
+    """
+    ratio = torch.exp(log_ratio)
+    bounded = torch.clamp(ratio, 1.0 - clip, 1.0 + clip)
+    with torch.no_grad():
+        approx_kl = (ratio - 1) - log_ratio
+        clipped = ((ratio - 1).abs() > clip).to(ratio.dtype)
+    return ClippedSurrogate(
+        objective=torch.min(ratio * advantages, bounded * advantages),
+        approx_kl=approx_kl,
+        clipped=clipped,
+    )
 
 
 def _flatten(grads: Sequence[Tensor | None], params: Sequence[Tensor]) -> Tensor:

@@ -9,6 +9,7 @@ from torch import nn
 from metarl.optim import (
     LineSearchResult,
     backtracking_line_search,
+    clipped_surrogate,
     conjugate_gradient,
     flat_grad,
     make_hvp,
@@ -229,3 +230,21 @@ def test_line_search_rejects_wrong_step_size():
     x = nn.Parameter(torch.zeros(3))
     with pytest.raises(ValueError, match="flat vector"):
         backtracking_line_search([x], torch.zeros(4), lambda: (0.0, 0.0), old_loss=1.0, max_kl=1.0)
+
+
+def test_clipped_surrogate_values_and_gradient_by_hand():
+    """r = 0.5, 1, 1.5 with A = 1, -1, 2 and eps 0.2: each branch of PPO's min, worked out."""
+    ratio = torch.tensor([0.5, 1.0, 1.5], dtype=torch.float64)
+    log_ratio = ratio.log().requires_grad_(True)
+    advantages = torch.tensor([1.0, -1.0, 2.0], dtype=torch.float64)
+    terms = clipped_surrogate(log_ratio, advantages, clip=0.2)
+    # min(0.5 * 1, 0.8 * 1) = 0.5; min(-1, -1) = -1; min(1.5 * 2, 1.2 * 2) = 2.4.
+    torch.testing.assert_close(terms.objective.detach(), torch.tensor([0.5, -1.0, 2.4]).double())
+    expected_kl = (ratio - 1) - ratio.log()  # 0.1931, 0, 0.0945
+    torch.testing.assert_close(terms.approx_kl, expected_kl)
+    assert terms.approx_kl[1] == 0.0 and bool((terms.approx_kl >= 0).all())
+    assert terms.clipped.tolist() == [1.0, 0.0, 1.0]
+    assert not terms.approx_kl.requires_grad and not terms.clipped.requires_grad
+    # d/dlog r of r * A is r * A on the unclipped branch; the clipped branch has no gradient.
+    terms.objective.sum().backward()
+    torch.testing.assert_close(log_ratio.grad, torch.tensor([0.5, -1.0, 0.0]).double())

@@ -14,7 +14,7 @@ import torch
 
 from metarl.algos.maml import AdaptationData, MAMLInnerLoop
 from metarl.functional import batched_log_prob, masked_mean
-from metarl.optim import past_kl_target
+from metarl.optim import clipped_surrogate, past_kl_target
 
 
 class PPOUpdate:
@@ -46,15 +46,13 @@ class PPOUpdate:
             log_ratio = (
                 batched_log_prob(spec, adapted, valid.observations, valid.actions) - old_log_probs
             )
-            ratio = torch.exp(log_ratio)
-            with torch.no_grad():
-                approx_kl = float(masked_mean((ratio - 1) - log_ratio, valid.mask).mean())
+            # Reductions: a mean over each task's real steps, then over tasks.
+            terms = clipped_surrogate(log_ratio, valid.advantages, self.clip)
+            approx_kl = float(masked_mean(terms.approx_kl, valid.mask).mean())
             if past_kl_target(approx_kl, self.target_kl):
                 stats["ppo/early_stop"] = 1.0  # before the step, as stable-baselines3
                 break
-            clipped = torch.clamp(ratio, 1.0 - self.clip, 1.0 + self.clip)
-            surrogate = torch.min(ratio * valid.advantages, clipped * valid.advantages)
-            loss = -masked_mean(surrogate, valid.mask).mean()
+            loss = -masked_mean(terms.objective, valid.mask).mean()
             self.optimizer.zero_grad()
             loss.backward()
             grads_finite = all(
@@ -74,9 +72,7 @@ class PPOUpdate:
                     stats["loss/surrogate_before"] = float(loss.detach())
                 stats["loss/surrogate_after"] = float(loss.detach())
                 stats["ppo/approx_kl"] = approx_kl
-                stats["ppo/clip_fraction"] = float(
-                    masked_mean(((ratio - 1).abs() > self.clip).float(), valid.mask).mean()
-                )
+                stats["ppo/clip_fraction"] = float(masked_mean(terms.clipped, valid.mask).mean())
         return stats
 
     def state_dict(self) -> dict:

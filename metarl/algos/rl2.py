@@ -20,7 +20,7 @@ import time
 import torch
 
 from metarl.algos.maml import IterationResult
-from metarl.optim import past_kl_target
+from metarl.optim import ClippedSurrogate, clipped_surrogate, past_kl_target
 from metarl.policies.gaussian_mlp import gaussian_log_prob, params_to_numpy
 from metarl.policies.recurrent import GaussianGRUPolicy, rl2_inputs
 from metarl.returns import explained_variance, gae_advantages, normalize_advantages
@@ -156,16 +156,18 @@ class RL2:
         for _ in range(self.epochs):
             order = torch.randperm(n_trials)
             for idx in order.split(mb_size):
-                step = self._minibatch_step(
-                    inputs[idx], actions[idx], mask[idx], old_log_probs[idx], norm_adv[idx],
-                    returns[idx],
-                )  # fmt: skip
+                mean, values = self.policy(inputs[idx], bptt_chunk=self.bptt_chunk)
+                log_probs = gaussian_log_prob(actions[idx], mean, self.policy.log_std)
+                terms = clipped_surrogate(log_probs - old_log_probs[idx], norm_adv[idx], self.clip)
+                approx_kl = float(masked_mean(terms.approx_kl, mask[idx]))
+                if past_kl_target(approx_kl, self.target_kl):
+                    stopped = True  # before the step, as stable-baselines3
+                    break
+                step = self._minibatch_step(terms, values, returns[idx], mask[idx])
                 if step is None:
                     stats["ppo/rejected_nonfinite"] = 1.0
                     continue
-                if step == "stop":
-                    stopped = True
-                    break
+                step["ppo/approx_kl"] = approx_kl
                 for key, value in step.items():
                     sums[key] += value
                 n_updates += 1
@@ -176,22 +178,12 @@ class RL2:
         stats["ppo/minibatch_steps"] = float(n_updates)
         return stats
 
-    def _minibatch_step(self, inputs, actions, mask, old_log_probs, advantages, returns):
-        """One Adam step on a minibatch of trials.
+    def _minibatch_step(self, terms: ClippedSurrogate, values, returns, mask):
+        """One Adam step on a minibatch of trials, from its forward pass.
 
-        Returns its statistics, ``None`` if the loss or gradient is not finite (no step), or
-        ``"stop"`` (no step) when the policy has already moved past the KL target.
+        Returns its statistics, or ``None`` if the loss or gradient is not finite (no step).
         """
-        mean, values = self.policy(inputs, bptt_chunk=self.bptt_chunk)
-        log_probs = gaussian_log_prob(actions, mean, self.policy.log_std)
-        log_ratio = log_probs - old_log_probs
-        ratio = torch.exp(log_ratio)
-        with torch.no_grad():
-            approx_kl = float(masked_mean((ratio - 1) - log_ratio, mask))
-        if past_kl_target(approx_kl, self.target_kl):
-            return "stop"
-        clipped = torch.clamp(ratio, 1.0 - self.clip, 1.0 + self.clip)
-        policy_loss = -masked_mean(torch.min(ratio * advantages, clipped * advantages), mask)
+        policy_loss = -masked_mean(terms.objective, mask)
         value_loss = masked_mean((values - returns).pow(2), mask)
         entropy = (self.policy.log_std + ENTROPY_CONST).sum()
         loss = policy_loss + self.value_coef * value_loss - self.entropy_coef * entropy
@@ -206,16 +198,12 @@ class RL2:
             for group in self._clip_groups:
                 torch.nn.utils.clip_grad_norm_(group, self.max_grad_norm)
         self.optimizer.step()
-        with torch.no_grad():
-            return {
-                "loss/policy": float(policy_loss),
-                "loss/value": float(value_loss),
-                "ppo/entropy": float(entropy),
-                "ppo/approx_kl": approx_kl,
-                "ppo/clip_fraction": float(
-                    masked_mean(((ratio - 1).abs() > self.clip).float(), mask)
-                ),
-            }
+        return {
+            "loss/policy": float(policy_loss.detach()),
+            "loss/value": float(value_loss.detach()),
+            "ppo/entropy": float(entropy.detach()),
+            "ppo/clip_fraction": float(masked_mean(terms.clipped, mask)),
+        }
 
     def state_dict(self) -> dict:
         return {
