@@ -5,7 +5,11 @@ adapts on each task of the run's fixed test pool (or train pool), and writes
 into the run directory:
 
 * ``eval/<name>.csv`` and ``eval/<name>.json``: return per adaptation step,
-  mean and standard deviation over tasks, plus every task's own returns;
+  mean and standard deviation over tasks, plus every task's own returns (the
+  JSON also names each task, and for a pool that repeats tasks, such as
+  halfcheetah-dir's draws of two directions, the mean curve of each distinct
+  task: a meta-policy that adapts well to one task and poorly to another shows
+  there, not in the overall mean);
 * ``eval/<name>.png``: the adaptation curve of every task and their mean.
 
 For MAML an adaptation step is a policy-gradient step; for RL2 it is an
@@ -16,9 +20,11 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -74,13 +80,45 @@ def summarise(per_task: torch.Tensor) -> list[dict]:
     ]
 
 
+def describe_task(task: Any) -> dict | str:
+    """A task as JSON: its fields for a dataclass task, else its repr."""
+    return dataclasses.asdict(task) if dataclasses.is_dataclass(task) else repr(task)
+
+
+def by_distinct_task(tasks: list, per_task: torch.Tensor) -> list[dict]:
+    """Mean curve per distinct task, for a pool that repeats tasks; empty if none repeats.
+
+    Args:
+        tasks: the ``T`` tasks meta-tested, in the order of ``per_task``'s columns.
+        per_task: ``[K + 1, T]`` returns.
+    Returns:
+        One ``{"task", "n_tasks", "mean"}`` per distinct task, in order of first
+        appearance; ``mean`` is ``[K + 1]`` floats.
+    """
+    columns: dict[Any, list[int]] = {}
+    for i, task in enumerate(tasks):
+        columns.setdefault(task, []).append(i)
+    if len(columns) == len(tasks):
+        return []
+    return [
+        {
+            "task": describe_task(task),
+            "n_tasks": len(idx),
+            "mean": per_task[:, idx].mean(dim=1).tolist(),
+        }
+        for task, idx in columns.items()
+    ]
+
+
 def format_table(rows: list[dict], *, unit: str) -> str:
     lines = [f"{unit:>6}  {'mean return':>12}  {'std':>9}"]
     lines += [f"{r['step']:>6}  {r['mean']:>12.2f}  {r['std']:>9.2f}" for r in rows]
     return "\n".join(lines)
 
 
-def write_outputs(out_dir: Path, name: str, per_task: torch.Tensor, meta: dict) -> list[Path]:
+def write_outputs(
+    out_dir: Path, name: str, per_task: torch.Tensor, meta: dict, tasks: list
+) -> list[Path]:
     """CSV, JSON and PNG of the adaptation curves; returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = summarise(per_task)
@@ -90,9 +128,14 @@ def write_outputs(out_dir: Path, name: str, per_task: torch.Tensor, meta: dict) 
         writer.writerow(["step", "mean", "std", *[f"task_{i}" for i in range(per_task.shape[1])]])
         for row, values in zip(rows, per_task.tolist()):
             writer.writerow([row["step"], row["mean"], row["std"], *values])
-    json_path.write_text(
-        json.dumps({**meta, "summary": rows, "per_task": per_task.T.tolist()}, indent=2)
-    )
+    report = {
+        **meta,
+        "summary": rows,
+        "per_task": per_task.T.tolist(),
+        "task_params": [describe_task(task) for task in tasks],
+        "by_distinct_task": by_distinct_task(tasks, per_task),
+    }
+    json_path.write_text(json.dumps(report, indent=2))
 
     import matplotlib
 
@@ -158,7 +201,10 @@ def evaluate(args: argparse.Namespace) -> int:
         f"{len(tasks)} {args.tasks} tasks"
     )
     print(format_table(summarise(per_task), unit="step" if config.algo != "rl2" else "ep"))
-    for written in write_outputs(run_dir / "eval", name, per_task, meta):
+    for group in by_distinct_task(tasks, per_task):
+        curve = " ".join(f"{value:.2f}" for value in group["mean"])
+        print(f"  {group['task']} ({group['n_tasks']} tasks): {curve}")
+    for written in write_outputs(run_dir / "eval", name, per_task, meta, tasks):
         print(f"wrote {written}")
     return 0
 

@@ -10,10 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from metarl.envs.half_cheetah import DirectionTask
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from metarl import train as train_cli
 from metarl.checkpoint import load_checkpoint, periodic_checkpoints
+from metarl.evaluate import by_distinct_task
 
 TINY = [
     "--env", "point-nav", "--iterations", "3", "--meta-batch-size", "3",
@@ -79,7 +81,23 @@ def test_smoke_run_writes_config_events_and_checkpoints(tmp_path, algo):
     report = json.loads(next((run_dir / "eval").glob("*.json")).read_text())
     assert [row["step"] for row in report["summary"]] == [0, 1, 2]
     assert len(report["per_task"]) == 3
+    assert [set(task) for task in report["task_params"]] == [{"goal"}] * 3
+    assert report["by_distinct_task"] == []  # three distinct goals: nothing to group
     assert next((run_dir / "eval").glob("*.png")).stat().st_size > 1000
+
+
+def test_evaluate_groups_a_pool_that_repeats_tasks():
+    """halfcheetah-dir's pool holds two directions many times: one mean curve for each."""
+    forward, backward = DirectionTask(1), DirectionTask(-1)
+    per_task = torch.tensor([[1.0, 2.0, 3.0, 5.0], [10.0, 20.0, 30.0, 50.0]])  # [K + 1, T]
+    groups = by_distinct_task([forward, backward, forward, forward], per_task)
+    assert [(g["task"], g["n_tasks"]) for g in groups] == [
+        ({"direction": 1}, 3),
+        ({"direction": -1}, 1),
+    ]
+    assert groups[0]["mean"] == pytest.approx([3.0, 30.0])  # tasks 0, 2, 3
+    assert groups[1]["mean"] == pytest.approx([2.0, 20.0])
+    assert by_distinct_task([forward, backward], per_task[:, :2]) == []
 
 
 def test_evaluate_can_override_the_runs_sampler(tmp_path):
