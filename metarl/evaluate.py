@@ -95,18 +95,20 @@ def by_distinct_task(tasks: list, per_task: torch.Tensor) -> list[dict]:
         One ``{"task", "n_tasks", "mean"}`` per distinct task, in order of first
         appearance; ``mean`` is ``[K + 1]`` floats.
     """
-    columns: dict[Any, list[int]] = {}
+    # Grouped by the task's JSON, not the task: a plug-in family's task need not be hashable.
+    columns: dict[str, list[int]] = {}
     for i, task in enumerate(tasks):
-        columns.setdefault(task, []).append(i)
+        key = json.dumps(describe_task(task), sort_keys=True, default=repr)
+        columns.setdefault(key, []).append(i)
     if len(columns) == len(tasks):
         return []
     return [
         {
-            "task": describe_task(task),
+            "task": describe_task(tasks[idx[0]]),
             "n_tasks": len(idx),
             "mean": per_task[:, idx].mean(dim=1).tolist(),
         }
-        for task, idx in columns.items()
+        for idx in columns.values()
     ]
 
 
@@ -135,7 +137,7 @@ def write_outputs(
         "task_params": [describe_task(task) for task in tasks],
         "by_distinct_task": by_distinct_task(tasks, per_task),
     }
-    json_path.write_text(json.dumps(report, indent=2))
+    json_path.write_text(json.dumps(report, indent=2, default=repr))  # numpy scalars
 
     import matplotlib
 

@@ -98,6 +98,9 @@ def test_evaluate_groups_a_pool_that_repeats_tasks():
     assert groups[0]["mean"] == pytest.approx([3.0, 30.0])  # tasks 0, 2, 3
     assert groups[1]["mean"] == pytest.approx([2.0, 20.0])
     assert by_distinct_task([forward, backward], per_task[:, :2]) == []
+    # A plug-in family's task may be unhashable (here a dict): grouped all the same.
+    groups = by_distinct_task([{"g": 1}, {"g": 2}, {"g": 1}, {"g": 1}], per_task)
+    assert [g["n_tasks"] for g in groups] == [3, 1]
 
 
 def test_evaluate_can_override_the_runs_sampler(tmp_path):
