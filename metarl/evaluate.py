@@ -118,9 +118,7 @@ def format_table(rows: list[dict], *, unit: str) -> str:
     return "\n".join(lines)
 
 
-def write_outputs(
-    out_dir: Path, name: str, per_task: torch.Tensor, meta: dict, tasks: list
-) -> list[Path]:
+def write_outputs(out_dir: Path, name: str, per_task: torch.Tensor, meta: dict) -> list[Path]:
     """CSV, JSON and PNG of the adaptation curves; returns the paths written."""
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = summarise(per_task)
@@ -130,14 +128,8 @@ def write_outputs(
         writer.writerow(["step", "mean", "std", *[f"task_{i}" for i in range(per_task.shape[1])]])
         for row, values in zip(rows, per_task.tolist()):
             writer.writerow([row["step"], row["mean"], row["std"], *values])
-    report = {
-        **meta,
-        "summary": rows,
-        "per_task": per_task.T.tolist(),
-        "task_params": [describe_task(task) for task in tasks],
-        "by_distinct_task": by_distinct_task(tasks, per_task),
-    }
-    json_path.write_text(json.dumps(report, indent=2, default=repr))  # numpy scalars
+    report = {**meta, "summary": rows, "per_task": per_task.T.tolist()}
+    json_path.write_text(json.dumps(report, indent=2, default=repr))  # numpy scalars in tasks
 
     import matplotlib
 
@@ -203,10 +195,12 @@ def evaluate(args: argparse.Namespace) -> int:
         f"{len(tasks)} {args.tasks} tasks"
     )
     print(format_table(summarise(per_task), unit="step" if config.algo != "rl2" else "ep"))
-    for group in by_distinct_task(tasks, per_task):
+    meta["task_params"] = [describe_task(task) for task in tasks]
+    meta["by_distinct_task"] = by_distinct_task(tasks, per_task)
+    for group in meta["by_distinct_task"]:
         curve = " ".join(f"{value:.2f}" for value in group["mean"])
         print(f"  {group['task']} ({group['n_tasks']} tasks): {curve}")
-    for written in write_outputs(run_dir / "eval", name, per_task, meta, tasks):
+    for written in write_outputs(run_dir / "eval", name, per_task, meta):
         print(f"wrote {written}")
     return 0
 
