@@ -80,7 +80,7 @@ def summarise(per_task: torch.Tensor) -> list[dict]:
     ]
 
 
-def describe_task(task: Any) -> dict | str:
+def task_as_json(task: Any) -> dict | str:
     """A task as JSON: its fields for a dataclass task, else its repr."""
     return dataclasses.asdict(task) if dataclasses.is_dataclass(task) else repr(task)
 
@@ -98,13 +98,13 @@ def by_distinct_task(tasks: list, per_task: torch.Tensor) -> list[dict]:
     # Grouped by the task's JSON, not the task: a plug-in family's task need not be hashable.
     columns: dict[str, list[int]] = {}
     for i, task in enumerate(tasks):
-        key = json.dumps(describe_task(task), sort_keys=True, default=repr)
+        key = json.dumps(task_as_json(task), sort_keys=True, default=repr)
         columns.setdefault(key, []).append(i)
     if len(columns) == len(tasks):
         return []
     return [
         {
-            "task": describe_task(tasks[idx[0]]),
+            "task": task_as_json(tasks[idx[0]]),
             "n_tasks": len(idx),
             "mean": per_task[:, idx].mean(dim=1).tolist(),
         }
@@ -195,7 +195,7 @@ def evaluate(args: argparse.Namespace) -> int:
         f"{len(tasks)} {args.tasks} tasks"
     )
     print(format_table(summarise(per_task), unit="step" if config.algo != "rl2" else "ep"))
-    meta["task_params"] = [describe_task(task) for task in tasks]
+    meta["task_params"] = [task_as_json(task) for task in tasks]
     meta["by_distinct_task"] = by_distinct_task(tasks, per_task)
     for group in meta["by_distinct_task"]:
         curve = " ".join(f"{value:.2f}" for value in group["mean"])
