@@ -22,6 +22,7 @@ import yaml
 ALGOS = ("maml-trpo", "maml-ppo", "rl2")
 DEVICES = ("auto", "cpu", "cuda")
 SAMPLERS = ("local", "ray")
+WEIGHT_INITS = ("torch", "xavier")
 
 
 class ConfigError(ValueError):
@@ -58,6 +59,13 @@ class Config:
     hidden_sizes: tuple = _key((100, 100), "hidden layer sizes of the policy MLP")
     activation: str = _key("relu", "hidden activation", choices=("relu", "tanh"))
     init_log_std: float = _key(0.0, "initial log standard deviation of the Gaussian policy")
+    weight_init: str = _key(
+        "torch",
+        "initial weights of the MLP policy's linear layers: 'torch' = torch's default "
+        "(uniform within 1/sqrt(fan_in), weights and biases); 'xavier' = Xavier-uniform "
+        "weights and zero biases (as learn2learn and pytorch-maml-rl); MAML only",
+        choices=WEIGHT_INITS,
+    )
 
     # --- inner loop (MAML) --------------------------------------------------------------------
     inner_steps: int = _key(1, "policy-gradient adaptation steps per task", min=1)
@@ -224,6 +232,11 @@ def validate(config: Config) -> None:
     if not config.hidden_sizes or any(h <= 0 for h in config.hidden_sizes):
         raise ConfigError(
             f"config key 'hidden_sizes': {list(config.hidden_sizes)!r} must be positive sizes"
+        )
+    if config.algo == "rl2" and config.weight_init != "torch":
+        raise ConfigError(
+            f"config key 'weight_init': {config.weight_init!r} applies to the MLP policy of "
+            "MAML; RL2's GRU policy keeps torch's initialisation (use 'torch')"
         )
     if config.ray_address and config.sampler != "ray":
         raise ConfigError(f"config key 'ray_address': {config.ray_address!r} needs --sampler ray")

@@ -456,7 +456,15 @@ def start_run(config: Config) -> int:
     return train(run)
 
 
-IDENTITY_KEYS = ("env", "env_kwargs", "algo", "hidden_sizes", "activation", "seed")
+IDENTITY_KEYS = (
+    "env",
+    "env_kwargs",
+    "algo",
+    "hidden_sizes",
+    "activation",
+    "weight_init",
+    "seed",
+)
 """Config keys a resumed run may not change: they define what the checkpoint is of."""
 
 

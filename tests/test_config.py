@@ -49,6 +49,8 @@ def test_cli_overrides_yaml_overrides_defaults(tmp_path):
         ({"first_order": "perhaps"}, "'first_order': 'perhaps' is not a valid bool"),
         ({"hidden_sizes": [0]}, "'hidden_sizes'"),
         ({"trpo_fisher": "exact"}, "'trpo_fisher': 'exact' is not one of"),
+        ({"weight_init": "he"}, "'weight_init': 'he' is not one of: torch, xavier"),
+        ({"algo": "rl2", "weight_init": "xavier"}, "'weight_init': 'xavier' applies to"),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):

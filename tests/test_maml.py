@@ -72,6 +72,23 @@ def test_batched_mean_and_log_prob_match_the_module():
     assert torch.allclose(expected, policy.distribution(obs).log_prob(actions).sum(-1), atol=1e-12)
 
 
+def test_xavier_init_draws_xavier_uniform_weights_and_zero_biases():
+    torch.manual_seed(0)
+    spec = MLPSpec(17, 6, (100, 100), "relu")
+    xavier, default = GaussianMLPPolicy(spec, weight_init="xavier"), GaussianMLPPolicy(spec)
+    for layer, layer_default in zip(xavier.layers, default.layers):
+        fan_out, fan_in = layer.weight.shape
+        bound = (6.0 / (fan_in + fan_out)) ** 0.5
+        assert torch.all(layer.bias == 0) and layer.weight.abs().max() <= bound
+        # Uniform on [-bound, bound]: the std is bound / sqrt(3) (within 10% at >= 600 draws).
+        assert abs(layer.weight.std().item() * 3**0.5 / bound - 1) < 0.1
+        # torch's default: weights and biases within 1 / sqrt(fan_in), biases not zero.
+        assert layer_default.weight.abs().max() <= fan_in**-0.5
+        assert torch.any(layer_default.bias != 0)
+    with pytest.raises(ValueError, match="weight_init must be"):
+        GaussianMLPPolicy(spec, weight_init="he")
+
+
 def test_batched_kl_matches_torch_distributions():
     policy, other = make_policy(), make_policy()
     with torch.no_grad():

@@ -30,7 +30,7 @@ def build_policy(config: Config, obs_dim: int, act_dim: int) -> torch.nn.Module:
         gru = GRUSpec(obs_dim, act_dim, config.rl2_hidden_size)
         return GaussianGRUPolicy(gru, init_log_std=config.init_log_std)
     spec = MLPSpec(obs_dim, act_dim, tuple(config.hidden_sizes), config.activation)
-    return GaussianMLPPolicy(spec, init_log_std=config.init_log_std)
+    return GaussianMLPPolicy(spec, init_log_std=config.init_log_std, weight_init=config.weight_init)
 
 
 def build_learner(config: Config, policy, sampler, device: torch.device):

@@ -52,11 +52,22 @@ class GaussianMLPPolicy(nn.Module):
     :meth:`forward` without mutating the module.
     """
 
-    def __init__(self, spec: MLPSpec, *, init_log_std: float = 0.0) -> None:
+    def __init__(
+        self, spec: MLPSpec, *, init_log_std: float = 0.0, weight_init: str = "torch"
+    ) -> None:
+        """``weight_init``: ``"torch"`` keeps ``nn.Linear``'s default (weights and biases
+        uniform within 1/sqrt(fan_in)); ``"xavier"`` draws Xavier-uniform weights and zero
+        biases, as learn2learn and pytorch-maml-rl initialise their policies."""
         super().__init__()
+        if weight_init not in ("torch", "xavier"):
+            raise ValueError(f"weight_init must be 'torch' or 'xavier', got {weight_init!r}")
         self.spec = spec
         sizes = (spec.obs_dim, *spec.hidden_sizes, spec.act_dim)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
+        if weight_init == "xavier":
+            for layer in self.layers:
+                nn.init.xavier_uniform_(layer.weight)
+                nn.init.zeros_(layer.bias)
         self._act = ACTIVATIONS[spec.activation]()
         self.log_std = nn.Parameter(torch.full((spec.act_dim,), float(init_log_std)))
 
