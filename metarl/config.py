@@ -22,7 +22,7 @@ import yaml
 ALGOS = ("maml-trpo", "maml-ppo", "rl2")
 DEVICES = ("auto", "cpu", "cuda")
 SAMPLERS = ("local", "ray")
-WEIGHT_INITS = ("torch", "xavier")
+WEIGHT_INITS = ("torch", "xavier")  # metarl.policies.gaussian_mlp's (kept torch-free here)
 
 
 class ConfigError(ValueError):

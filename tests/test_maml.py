@@ -7,6 +7,7 @@ import copy
 import pytest
 import torch
 
+from metarl import config
 from metarl.algos.maml import AdaptationData, MAMLInnerLoop, ProcessedBatch, reinforce_loss
 from metarl.algos.maml_ppo import PPOUpdate
 from metarl.algos.maml_trpo import OldPolicy, TRPOUpdate
@@ -19,7 +20,7 @@ from metarl.functional import (
     masked_mean,
 )
 from metarl.optim import make_hvp
-from metarl.policies import GaussianMLPPolicy, MLPSpec
+from metarl.policies import GaussianMLPPolicy, MLPSpec, gaussian_mlp
 
 T, N = 3, 12
 
@@ -87,6 +88,7 @@ def test_xavier_init_draws_xavier_uniform_weights_and_zero_biases():
         assert torch.any(layer_default.bias != 0)
     with pytest.raises(ValueError, match="weight_init must be"):
         GaussianMLPPolicy(spec, weight_init="he")
+    assert config.WEIGHT_INITS == gaussian_mlp.WEIGHT_INITS  # the config's choices are the policy's
 
 
 def test_batched_kl_matches_torch_distributions():

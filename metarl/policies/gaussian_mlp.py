@@ -17,6 +17,7 @@ from torch import nn
 from torch.func import functional_call
 
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
+WEIGHT_INITS = ("torch", "xavier")
 LOG_2PI = float(np.log(2.0 * np.pi))
 
 
@@ -59,8 +60,8 @@ class GaussianMLPPolicy(nn.Module):
         uniform within 1/sqrt(fan_in)); ``"xavier"`` draws Xavier-uniform weights and zero
         biases, as learn2learn and pytorch-maml-rl initialise their policies."""
         super().__init__()
-        if weight_init not in ("torch", "xavier"):
-            raise ValueError(f"weight_init must be 'torch' or 'xavier', got {weight_init!r}")
+        if weight_init not in WEIGHT_INITS:
+            raise ValueError(f"weight_init must be one of {WEIGHT_INITS}, got {weight_init!r}")
         self.spec = spec
         sizes = (spec.obs_dim, *spec.hidden_sizes, spec.act_dim)
         self.layers = nn.ModuleList(nn.Linear(a, b) for a, b in zip(sizes[:-1], sizes[1:]))
