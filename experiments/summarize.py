@@ -9,7 +9,8 @@ Reads every run directory under the given folder (any depth):
   experiment per (env, algo, settings): runs whose configs differ only in the
   seed or in how they ran (workers, device, ...) are seeds of one experiment.
   One row per experiment (named by the settings that set it apart from
-  others on the same env and algo): the meta-test return
+  others on the same env and algo; a row per length where its seeds stopped
+  at different iterations): the meta-test return
   on the held-out tasks before adapting and after each adaptation step (RL²:
   episode 1, then episodes 2, 3, ... of the trial), as the mean over seeds of
   each seed's mean over tasks, +- the standard deviation over seeds; the env
@@ -170,28 +171,38 @@ def markdown_row(cells: list[str]) -> str:
     return "| " + " | ".join(cells) + " |"
 
 
+def experiment_row(
+    experiment: Experiment, others: list[Experiment], runs: list[SeedRun], steps: int
+) -> str:
+    """One table row: the mean +- std over ``runs``, seeds of one experiment of one length."""
+    runs = sorted(runs, key=lambda r: r.seed)
+    cells = mean_std([r.adaptation[: steps + 1] for r in runs])
+    unit = "episodes 1..K" if runs[0].unit == "episode" else "steps"
+    return markdown_row(
+        [
+            f"{experiment_label(experiment, others)}, {unit}",
+            str(len(runs)),
+            str(runs[0].iterations),
+            *cells,
+            *[""] * (steps + 1 - len(cells)),
+            f"{runs[0].env_steps / 1e6:.1f} M",
+            f"{np.mean([r.train_seconds for r in runs]) / 60:.0f} min",
+        ]
+    )
+
+
 def table(experiments: dict, baselines: list[BaselineRun], steps: int) -> str:
     header = ["experiment", "seeds", "iterations", "before"]
     header += [f"after {k}" for k in range(1, steps + 1)]
     header += ["env steps (one run)", "train time (one run)"]
     lines = [markdown_row(header), "|" + "---|" * len(header)]
     for experiment, runs in sorted(experiments.items()):
-        runs.sort(key=lambda r: r.seed)
-        cells = mean_std([r.adaptation[: steps + 1] for r in runs])
-        unit = "episodes 1..K" if runs[0].unit == "episode" else "steps"
-        lines.append(
-            markdown_row(
-                [
-                    f"{experiment_label(experiment, list(experiments))}, {unit}",
-                    str(len(runs)),
-                    str(runs[0].iterations),
-                    *cells,
-                    *[""] * (steps + 1 - len(cells)),
-                    f"{runs[0].env_steps / 1e6:.1f} M",
-                    f"{np.mean([r.train_seconds for r in runs]) / 60:.0f} min",
-                ]
-            )
-        )
+        # Seeds stopped at different iterations are not one measurement: a row per length.
+        by_length: dict[int, list[SeedRun]] = defaultdict(list)
+        for run in runs:
+            by_length[run.iterations].append(run)
+        for _, same_length in sorted(by_length.items(), reverse=True):
+            lines.append(experiment_row(experiment, list(experiments), same_length, steps))
     for base in sorted(baselines, key=lambda b: (b.env, b.kind)):
         cells = [f"{v:.1f}" for v in base.adaptation[: steps + 1]]
         lines.append(
@@ -279,7 +290,9 @@ def main() -> None:
         raise SystemExit(f"no finished runs under {args.root}")
     args.out.mkdir(parents=True, exist_ok=True)
     for experiment, runs in sorted(experiments.items()):
-        print(f"wrote {plot(experiment, list(experiments), runs, baselines, args.out)}")
+        # The plot is of the longest runs, the table's first row of the experiment.
+        longest = [r for r in runs if r.iterations == max(r.iterations for r in runs)]
+        print(f"wrote {plot(experiment, list(experiments), longest, baselines, args.out)}")
     print()
     print(table(experiments, baselines, args.steps))
     machine = f"{platform.machine()} {platform.processor() or ''}".strip()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import sys
@@ -61,6 +62,10 @@ def test_table_and_plot_from_two_seeds(tmp_path, capsys):
     for k in range(3):
         assert f"{expected[:, k].mean():.1f} ± {expected[:, k].std():.1f}" in row
     assert "maml-trpo on point-nav, steps" in row
+    # Seeds stopped at different iterations are a row each, not one mean.
+    shorter = dataclasses.replace(runs[1], iterations=runs[1].iterations - 1)
+    rows = summarize.table({experiment: [runs[0], shorter]}, [], steps=2).splitlines()[2:]
+    assert [r.split(" | ")[1:3] for r in rows] == [["1", "2"], ["1", "1"]], rows
     png = summarize.plot(experiment, [experiment], runs, baselines, tmp_path)
     assert png.name == "point-nav-maml-trpo.png" and png.stat().st_size > 10_000
 
