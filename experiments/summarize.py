@@ -191,17 +191,22 @@ def experiment_row(
     )
 
 
+def by_length(runs: list[SeedRun]) -> list[list[SeedRun]]:
+    """``runs`` grouped by iterations completed, longest first: seeds stopped at different
+    iterations are not one measurement."""
+    groups: dict[int, list[SeedRun]] = defaultdict(list)
+    for run in runs:
+        groups[run.iterations].append(run)
+    return [groups[n] for n in sorted(groups, reverse=True)]
+
+
 def table(experiments: dict, baselines: list[BaselineRun], steps: int) -> str:
     header = ["experiment", "seeds", "iterations", "before"]
     header += [f"after {k}" for k in range(1, steps + 1)]
     header += ["env steps (one run)", "train time (one run)"]
     lines = [markdown_row(header), "|" + "---|" * len(header)]
     for experiment, runs in sorted(experiments.items()):
-        # Seeds stopped at different iterations are not one measurement: a row per length.
-        by_length: dict[int, list[SeedRun]] = defaultdict(list)
-        for run in runs:
-            by_length[run.iterations].append(run)
-        for _, same_length in sorted(by_length.items(), reverse=True):
+        for same_length in by_length(runs):
             lines.append(experiment_row(experiment, list(experiments), same_length, steps))
     for base in sorted(baselines, key=lambda b: (b.env, b.kind)):
         cells = [f"{v:.1f}" for v in base.adaptation[: steps + 1]]
@@ -290,8 +295,7 @@ def main() -> None:
         raise SystemExit(f"no finished runs under {args.root}")
     args.out.mkdir(parents=True, exist_ok=True)
     for experiment, runs in sorted(experiments.items()):
-        # The plot is of the longest runs, the table's first row of the experiment.
-        longest = [r for r in runs if r.iterations == max(r.iterations for r in runs)]
+        longest = by_length(runs)[0]  # the table's first row of the experiment
         print(f"wrote {plot(experiment, list(experiments), longest, baselines, args.out)}")
     print()
     print(table(experiments, baselines, args.steps))
