@@ -18,6 +18,11 @@ Reads every run directory under the given folder (any depth):
   ``time/iteration``, so periodic meta-tests are not counted);
 * baselines (``results.json`` from ``python -m metarl.baselines``), one row each.
 
+For families whose held-out pool repeats a few tasks (halfcheetah-dir's two
+directions) a second table gives, per experiment row, the same cells for each
+distinct task and for their balanced mean (each distinct task weighted
+equally, as a family that samples them evenly would weigh them).
+
 Writes ``<out>/<env>-<algo>[-<key>-<value>].png`` per experiment: the learning curve (the
 periodic meta-test return ``test/return_*`` against iteration, mean and range
 over seeds) beside the final adaptation curve, with the family's baselines as
@@ -38,6 +43,7 @@ import numpy as np
 import yaml
 
 from metarl.config import Config
+from metarl.evaluate import balanced_curve
 
 RETURN_TAG = re.compile(r"^test/return_(step|episode)_(\d+)$")
 # Config keys that say how a run ran, not what it learns: runs differing only in these
@@ -67,6 +73,9 @@ class SeedRun:
     iterations: int
     # k -> (iterations completed, meta-test return); TensorBoard's step is the 0-based iteration
     curves: dict[int, tuple[list[int], list[float]]] = field(default_factory=dict)
+    # distinct task (its JSON) -> final meta-test curve over its draws, then "balanced";
+    # empty when the pool repeats no task
+    by_task: dict[str, list[float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -102,6 +111,10 @@ def read_metarl_run(run_dir: Path, config: dict) -> SeedRun | None:
         match = RETURN_TAG.match(tag)
         if match:
             curves[int(match.group(2))] = ([step + 1 for step in steps], values)
+    groups = final.get("by_distinct_task", [])
+    by_task = {json.dumps(g["task"], sort_keys=True): g["mean"] for g in groups}
+    if groups:  # computed here too: JSONs written before evaluate stored it lack the key
+        by_task["balanced"] = balanced_curve(groups)
     return SeedRun(
         seed=int(config["seed"]),
         adaptation=[row["mean"] for row in final["summary"]],
@@ -110,6 +123,7 @@ def read_metarl_run(run_dir: Path, config: dict) -> SeedRun | None:
         train_seconds=float(sum(scalars["time/iteration"][1])),
         iterations=int(final["iteration"]),
         curves=curves,
+        by_task=by_task,
     )
 
 
@@ -226,6 +240,29 @@ def table(experiments: dict, baselines: list[BaselineRun], steps: int) -> str:
     return "\n".join(lines)
 
 
+def per_task_table(experiments: dict, steps: int) -> str:
+    """Rows of each experiment (and length) whose pool repeats tasks: one per distinct task
+    and one for their balanced mean, each cell the mean +- std over seeds; "" if none."""
+    header = ["experiment", "seeds", "iterations", "task", "before"]
+    header += [f"after {k}" for k in range(1, steps + 1)]
+    lines = [markdown_row(header), "|" + "---|" * len(header)]
+    for experiment, runs in sorted(experiments.items()):
+        for same_length in by_length(runs):
+            same_length = [r for r in same_length if r.by_task]
+            if not same_length:
+                continue
+            label = experiment_label(experiment, list(experiments))
+            for task in sorted(same_length[0].by_task):
+                curves = [r.by_task[task][: steps + 1] for r in same_length if task in r.by_task]
+                cells = mean_std(curves)
+                lines.append(
+                    markdown_row(
+                        [label, str(len(curves)), str(same_length[0].iterations), task, *cells]
+                    )
+                )
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def plot(
     experiment: Experiment,
     others: list[Experiment],
@@ -299,6 +336,10 @@ def main() -> None:
         print(f"wrote {plot(experiment, list(experiments), longest, baselines, args.out)}")
     print()
     print(table(experiments, baselines, args.steps))
+    repeated = per_task_table(experiments, args.steps)
+    if repeated:
+        print()
+        print(repeated)
     machine = f"{platform.machine()} {platform.processor() or ''}".strip()
     print(f"\nmachine: {machine}, Python {platform.python_version()}")
 

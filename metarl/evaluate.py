@@ -9,7 +9,9 @@ into the run directory:
   JSON also names each task, and for a pool that repeats tasks, such as
   halfcheetah-dir's draws of two directions, the mean curve of each distinct
   task: a meta-policy that adapts well to one task and poorly to another shows
-  there, not in the overall mean);
+  there, not in the overall mean), and the mean of those curves with each
+  distinct task weighted equally (a pool of 8 backward and 12 forward draws
+  then reads as the balanced family it samples from);
 * ``eval/<name>.png``: the adaptation curve of every task and their mean.
 
 For MAML an adaptation step is a policy-gradient step; for RL2 it is an
@@ -112,6 +114,19 @@ def by_distinct_task(tasks: list, per_task: torch.Tensor) -> list[dict]:
     ]
 
 
+def balanced_curve(groups: list[dict]) -> list[float]:
+    """Mean of the distinct tasks' curves, each weighted equally; empty if there are none.
+
+    Args:
+        groups: ``by_distinct_task``'s output, each ``mean`` ``[K + 1]`` floats.
+    Returns:
+        ``[K + 1]`` floats.
+    """
+    if not groups:
+        return []
+    return torch.tensor([group["mean"] for group in groups]).mean(dim=0).tolist()
+
+
 def format_table(rows: list[dict], *, unit: str) -> str:
     lines = [f"{unit:>6}  {'mean return':>12}  {'std':>9}"]
     lines += [f"{r['step']:>6}  {r['mean']:>12.2f}  {r['std']:>9.2f}" for r in rows]
@@ -200,6 +215,10 @@ def evaluate(args: argparse.Namespace) -> int:
     for group in meta["by_distinct_task"]:
         curve = " ".join(f"{value:.2f}" for value in group["mean"])
         print(f"  {group['task']} ({group['n_tasks']} tasks): {curve}")
+    meta["balanced_mean"] = balanced_curve(meta["by_distinct_task"])
+    if meta["balanced_mean"]:
+        curve = " ".join(f"{value:.2f}" for value in meta["balanced_mean"])
+        print(f"  each distinct task weighted equally: {curve}")
     for written in write_outputs(run_dir / "eval", name, per_task, meta):
         print(f"wrote {written}")
     return 0

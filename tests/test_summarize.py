@@ -66,6 +66,25 @@ def test_table_and_plot_from_two_seeds(tmp_path, capsys):
     shorter = dataclasses.replace(runs[1], iterations=runs[1].iterations - 1)
     rows = summarize.table({experiment: [runs[0], shorter]}, [], steps=2).splitlines()[2:]
     assert [r.split(" | ")[1:3] for r in rows] == [["1", "2"], ["1", "1"]], rows
+    # point-nav's held-out goals are all distinct: no per-task table.
+    assert summarize.per_task_table(experiments, steps=2) == ""
+    # A pool that repeats tasks (as halfcheetah-dir's does) gets a row per distinct task and
+    # one for their balanced mean; here evaluate's groups are written into seed 0's JSON.
+    (eval_json,) = (tmp_path / "pn-s0" / "eval").glob("*.json")
+    report = json.loads(eval_json.read_text())
+    report["by_distinct_task"] = [
+        {"task": {"direction": 1}, "n_tasks": 3, "mean": [0.0, 10.0, 20.0]},
+        {"task": {"direction": -1}, "n_tasks": 1, "mean": [4.0, 30.0, 40.0]},
+    ]
+    eval_json.write_text(json.dumps(report))
+    repeated, _ = summarize.collect(tmp_path)
+    rows = summarize.per_task_table(repeated, steps=2).splitlines()[2:]
+    cells = [r.strip("| ").split(" | ")[1:] for r in rows]
+    assert cells == [
+        ["1", "2", "balanced", "2.0", "20.0", "30.0"],  # forward and backward weighted 1 : 1
+        ["1", "2", '{"direction": -1}', "4.0", "30.0", "40.0"],
+        ["1", "2", '{"direction": 1}', "0.0", "10.0", "20.0"],
+    ], rows
     png = summarize.plot(experiment, [experiment], runs, baselines, tmp_path)
     assert png.name == "point-nav-maml-trpo.png" and png.stat().st_size > 10_000
 

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from metarl import train as train_cli
 from metarl.checkpoint import load_checkpoint, periodic_checkpoints
-from metarl.evaluate import by_distinct_task
+from metarl.evaluate import balanced_curve, by_distinct_task
 
 TINY = [
     "--env", "point-nav", "--iterations", "3", "--meta-batch-size", "3",
@@ -83,6 +83,7 @@ def test_smoke_run_writes_config_events_and_checkpoints(tmp_path, algo):
     assert len(report["per_task"]) == 3
     assert [set(task) for task in report["task_params"]] == [{"goal"}] * 3
     assert report["by_distinct_task"] == []  # three distinct goals: nothing to group
+    assert report["balanced_mean"] == []
     assert next((run_dir / "eval").glob("*.png")).stat().st_size > 1000
 
 
@@ -97,6 +98,9 @@ def test_evaluate_groups_a_pool_that_repeats_tasks():
     ]
     assert groups[0]["mean"] == pytest.approx([3.0, 30.0])  # tasks 0, 2, 3
     assert groups[1]["mean"] == pytest.approx([2.0, 20.0])
+    # Balanced: forward and backward count once each, not 3 : 1 as in the overall mean.
+    assert balanced_curve(groups) == pytest.approx([2.5, 25.0])
+    assert balanced_curve([]) == []
     assert by_distinct_task([forward, backward], per_task[:, :2]) == []
     # A plug-in family's task may be unhashable (here a dict): grouped all the same.
     groups = by_distinct_task([{"g": 1}, {"g": 2}, {"g": 1}, {"g": 1}], per_task)
