@@ -40,10 +40,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
 import yaml
 
 from metarl.config import Config
-from metarl.evaluate import balanced_curve
+from metarl.evaluate import balanced_curve, by_distinct_task
 
 RETURN_TAG = re.compile(r"^test/return_(step|episode)_(\d+)$")
 # Config keys that say how a run ran, not what it learns: runs differing only in these
@@ -85,6 +86,7 @@ class BaselineRun:
     adaptation: list[float]
     env_steps: int
     seconds: float | None
+    by_task: dict[str, list[float]] = field(default_factory=dict)  # as SeedRun.by_task
 
 
 def read_scalars(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
@@ -100,6 +102,18 @@ def read_scalars(run_dir: Path) -> dict[str, tuple[list[int], list[float]]]:
     return scalars
 
 
+def task_curves(groups: list[dict]) -> dict[str, list[float]]:
+    """evaluate's ``by_distinct_task`` groups -> {task JSON: curve, ..., "balanced": curve}.
+
+    The balanced curve is computed here, not read: JSONs written before evaluate stored it
+    lack the key. Empty when the pool repeats no task.
+    """
+    curves = {json.dumps(g["task"], sort_keys=True): g["mean"] for g in groups}
+    if groups:
+        curves["balanced"] = balanced_curve(groups)
+    return curves
+
+
 def read_metarl_run(run_dir: Path, config: dict) -> SeedRun | None:
     evals = sorted((run_dir / "eval").glob("test_iter*_steps*.json"))
     if not evals:
@@ -111,10 +125,6 @@ def read_metarl_run(run_dir: Path, config: dict) -> SeedRun | None:
         match = RETURN_TAG.match(tag)
         if match:
             curves[int(match.group(2))] = ([step + 1 for step in steps], values)
-    groups = final.get("by_distinct_task", [])
-    by_task = {json.dumps(g["task"], sort_keys=True): g["mean"] for g in groups}
-    if groups:  # computed here too: JSONs written before evaluate stored it lack the key
-        by_task["balanced"] = balanced_curve(groups)
     return SeedRun(
         seed=int(config["seed"]),
         adaptation=[row["mean"] for row in final["summary"]],
@@ -123,7 +133,7 @@ def read_metarl_run(run_dir: Path, config: dict) -> SeedRun | None:
         train_seconds=float(sum(scalars["time/iteration"][1])),
         iterations=int(final["iteration"]),
         curves=curves,
-        by_task=by_task,
+        by_task=task_curves(final.get("by_distinct_task", [])),
     )
 
 
@@ -147,6 +157,14 @@ def experiment_label(experiment: Experiment, others: list[Experiment]) -> str:
     return f"{experiment.algo} on {experiment.env}" + (f" ({extra})" if extra else "")
 
 
+def baseline_groups(per_task: list[dict]) -> list[dict]:
+    """A baseline's ``results.json`` ``per_task`` -> evaluate's ``by_distinct_task`` groups."""
+    if not per_task:
+        return []
+    returns = torch.tensor([task["return_step_k"] for task in per_task]).T  # [K + 1, T]
+    return by_distinct_task([task["task"] for task in per_task], returns)
+
+
 def collect(root: Path) -> tuple[dict[Experiment, list[SeedRun]], list[BaselineRun]]:
     experiments: dict[Experiment, list[SeedRun]] = defaultdict(list)
     baselines: list[BaselineRun] = []
@@ -164,6 +182,7 @@ def collect(root: Path) -> tuple[dict[Experiment, list[SeedRun]], list[BaselineR
                         adaptation=data["mean_return_step_k"],
                         env_steps=int(data["env_steps"]),
                         seconds=data.get("seconds"),
+                        by_task=task_curves(baseline_groups(data.get("per_task", []))),
                     )
                 )
             continue
@@ -240,9 +259,10 @@ def table(experiments: dict, baselines: list[BaselineRun], steps: int) -> str:
     return "\n".join(lines)
 
 
-def per_task_table(experiments: dict, steps: int) -> str:
-    """Rows of each experiment (and length) whose pool repeats tasks: one per distinct task
-    and one for their balanced mean, each cell the mean +- std over seeds; "" if none."""
+def per_task_table(experiments: dict, baselines: list[BaselineRun], steps: int) -> str:
+    """Rows of each experiment (and length) and baseline whose pool repeats tasks: one per
+    distinct task and one for their balanced mean, each cell the mean +- std over seeds;
+    "" if there are none."""
     header = ["experiment", "seeds", "iterations", "task", "before"]
     header += [f"after {k}" for k in range(1, steps + 1)]
     lines = [markdown_row(header), "|" + "---|" * len(header)]
@@ -260,6 +280,11 @@ def per_task_table(experiments: dict, steps: int) -> str:
                         [label, str(len(curves)), str(same_length[0].iterations), task, *cells]
                     )
                 )
+    for base in sorted(baselines, key=lambda b: (b.env, b.kind)):
+        label = f"SB3 PPO {base.kind} on {base.env}"
+        for task in sorted(base.by_task):
+            cells = [f"{v:.1f}" for v in base.by_task[task][: steps + 1]]
+            lines.append(markdown_row([label, "1", "", task, *cells]))
     return "\n".join(lines) if len(lines) > 2 else ""
 
 
@@ -336,7 +361,7 @@ def main() -> None:
         print(f"wrote {plot(experiment, list(experiments), longest, baselines, args.out)}")
     print()
     print(table(experiments, baselines, args.steps))
-    repeated = per_task_table(experiments, args.steps)
+    repeated = per_task_table(experiments, baselines, args.steps)
     if repeated:
         print()
         print(repeated)

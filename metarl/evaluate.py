@@ -83,7 +83,9 @@ def summarise(per_task: torch.Tensor) -> list[dict]:
 
 
 def task_as_json(task: Any) -> dict | str:
-    """A task as JSON: its fields for a dataclass task, else its repr."""
+    """A task as JSON: its fields for a dataclass task, a dict as it is, else its repr."""
+    if isinstance(task, dict):  # a plug-in family's task, or one read back from JSON
+        return task
     return dataclasses.asdict(task) if dataclasses.is_dataclass(task) else repr(task)
 
 

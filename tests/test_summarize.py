@@ -67,7 +67,7 @@ def test_table_and_plot_from_two_seeds(tmp_path, capsys):
     rows = summarize.table({experiment: [runs[0], shorter]}, [], steps=2).splitlines()[2:]
     assert [r.split(" | ")[1:3] for r in rows] == [["1", "2"], ["1", "1"]], rows
     # point-nav's held-out goals are all distinct: no per-task table.
-    assert summarize.per_task_table(experiments, steps=2) == ""
+    assert summarize.per_task_table(experiments, [], steps=2) == ""
     # A pool that repeats tasks (as halfcheetah-dir's does) gets a row per distinct task and
     # one for their balanced mean; here evaluate's groups are written into seed 0's JSON.
     (eval_json,) = (tmp_path / "pn-s0" / "eval").glob("*.json")
@@ -78,7 +78,7 @@ def test_table_and_plot_from_two_seeds(tmp_path, capsys):
     ]
     eval_json.write_text(json.dumps(report))
     repeated, _ = summarize.collect(tmp_path)
-    rows = summarize.per_task_table(repeated, steps=2).splitlines()[2:]
+    rows = summarize.per_task_table(repeated, [], steps=2).splitlines()[2:]
     cells = [r.strip("| ").split(" | ")[1:] for r in rows]
     assert cells == [
         ["1", "2", "balanced", "2.0", "20.0", "30.0"],  # forward and backward weighted 1 : 1
@@ -97,3 +97,21 @@ def test_table_and_plot_from_two_seeds(tmp_path, capsys):
     rows = summarize.table(experiments, [], steps=2).splitlines()[2:]
     assert any("maml-trpo on point-nav (inner_lr 0.1), steps | 2 |" in r for r in rows), rows
     assert any("maml-trpo on point-nav (inner_lr 0.5), steps | 1 |" in r for r in rows), rows
+
+
+def test_baseline_per_task_rows_group_its_repeated_tasks():
+    """A baseline's results.json lists every held-out task: repeats become one row each."""
+    summarize = load_summarize()
+    per_task = [
+        {"task": {"direction": 1}, "return_step_k": [10.0, 10.0]},
+        {"task": {"direction": -1}, "return_step_k": [30.0, 30.0]},
+        {"task": {"direction": 1}, "return_step_k": [20.0, 20.0]},
+    ]
+    curves = summarize.task_curves(summarize.baseline_groups(per_task))
+    assert curves == {'{"direction": 1}': [15.0, 15.0], '{"direction": -1}': [30.0, 30.0],
+                      "balanced": [22.5, 22.5]}  # fmt: skip
+    assert summarize.task_curves(summarize.baseline_groups(per_task[:2])) == {}
+    oracle = summarize.BaselineRun("oracle", "halfcheetah-dir", [20.0, 20.0], 100, 1.0, curves)
+    rows = summarize.per_task_table({}, [oracle], steps=1).splitlines()[2:]
+    assert rows[0] == "| SB3 PPO oracle on halfcheetah-dir | 1 |  | balanced | 22.5 | 22.5 |"
+    assert len(rows) == 3

@@ -105,6 +105,7 @@ def test_evaluate_groups_a_pool_that_repeats_tasks():
     # A plug-in family's task may be unhashable (here a dict): grouped all the same.
     groups = by_distinct_task([{"g": 1}, {"g": 2}, {"g": 1}, {"g": 1}], per_task)
     assert [g["n_tasks"] for g in groups] == [3, 1]
+    assert groups[0]["task"] == {"g": 1}  # a dict task is JSON already: kept, not its repr
 
 
 def test_evaluate_can_override_the_runs_sampler(tmp_path):
