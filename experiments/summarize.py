@@ -19,7 +19,7 @@ Reads every run directory under the given folder (any depth):
 * baselines (``results.json`` from ``python -m metarl.baselines``), one row each.
 
 For families whose held-out pool repeats a few tasks (halfcheetah-dir's two
-directions) a second table gives, per experiment row, the same cells for each
+directions) a second table gives, per experiment row and baseline, the same cells for each
 distinct task and for their balanced mean (each distinct task weighted
 equally, as a family that samples them evenly would weigh them).
 
@@ -283,7 +283,7 @@ def per_task_table(experiments: dict, baselines: list[BaselineRun], steps: int) 
     for base in sorted(baselines, key=lambda b: (b.env, b.kind)):
         label = f"SB3 PPO {base.kind} on {base.env}"
         for task in sorted(base.by_task):
-            cells = [f"{v:.1f}" for v in base.by_task[task][: steps + 1]]
+            cells = mean_std([base.by_task[task][: steps + 1]])
             lines.append(markdown_row([label, "1", "", task, *cells]))
     return "\n".join(lines) if len(lines) > 2 else ""
 
