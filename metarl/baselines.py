@@ -209,7 +209,7 @@ def make_ppo(config: Config, settings: Settings, env: gymnasium.Env, seed: int, 
     )
 
 
-class _ProgressLines(BaseCallback):
+class ProgressLines(BaseCallback):
     """Prints about ten progress lines over a long ``learn()`` call."""
 
     def __init__(self, total: int, label: str) -> None:
@@ -301,7 +301,7 @@ class Baseline:
         label = "oracle training" if with_task else "pre-training"
         print(f"{label}: {total} env steps, PPO n_steps={self.budget}", flush=True)
         start = time.perf_counter()
-        model.learn(total_timesteps=total, callback=_ProgressLines(total, label))
+        model.learn(total_timesteps=total, callback=ProgressLines(total, label))
         self.env_steps += model.num_timesteps
         print(f"{label} done: {model.num_timesteps} env steps in "
               f"{time.perf_counter() - start:.1f} s", flush=True)  # fmt: skip

@@ -12,7 +12,9 @@ from metarl.envs.base import make_task_pools
 from test_train_cli import scalars
 
 from metarl import baselines
+from metarl.config import build_config, load_yaml
 from metarl.registry import make_env
+from tests.experiment_scripts import load_experiment_script
 
 TINY = [
     "--env", "point-nav", "--timesteps", "60", "--horizon", "10", "--episodes-per-task", "2",
@@ -127,3 +129,20 @@ def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, capsys, args, messag
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not list(tmp_path.iterdir())  # nothing created
+
+
+@pytest.mark.mujoco
+def test_single_direction_script_trains_ppo_on_the_direction_it_is_given(capsys):
+    """experiments/single_direction_ppo.py: the env holds the one direction; the CLI runs."""
+    script = load_experiment_script("single_direction_ppo")
+    config = build_config(load_yaml(script.EXPERIMENT))
+    for direction in (1, -1):
+        env = script.direction_env(config, direction)
+        env.reset(seed=0)
+        _, reward, _, _, info = env.step(np.zeros(env.action_space.shape))
+        assert env.unwrapped.get_task().direction == direction
+        assert reward == pytest.approx(direction * info["x_velocity"])  # zero action: no cost
+    script.main(["--timesteps", "200", "--episodes", "1", "--directions", "-1"])
+    out = capsys.readouterr().out
+    assert "direction -1 (backward): 2000 env steps" in out  # one whole rollout of 20 x 100 steps
+    assert "mean return of 1 episodes" in out

@@ -380,13 +380,9 @@ def test_ant_rewards_match_their_formulas(make):
 @pytest.mark.mujoco
 def test_ant_dir_episodes_of_wide_exploration_end_with_the_torso_above_the_healthy_range():
     """README's ant-dir finding: std-1 actions bounce the torso above z 1.0; std 0.2 stays up."""
-    import importlib.util
-    from pathlib import Path
+    from tests.experiment_scripts import load_experiment_script
 
-    path = Path(__file__).resolve().parents[1] / "experiments" / "ant_dir_termination.py"
-    spec = importlib.util.spec_from_file_location("ant_dir_termination", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_experiment_script("ant_dir_termination")
     mean_length, ends = module.episode_ends(std=1.0, episodes=3)
     assert ends["high"] >= 2 and ends["low"] == 0 and mean_length < 150
     mean_length, ends = module.episode_ends(std=0.2, episodes=1)

@@ -3,17 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 
 from metarl import evaluate as evaluate_cli
 from metarl import train as train_cli
+from tests.experiment_scripts import load_experiment_script
 
-ROOT = Path(__file__).resolve().parent.parent
 TINY = [
     "--env", "point-nav", "--iterations", "2", "--meta-batch-size", "2",
     "--episodes-per-task", "2", "--horizon", "10", "--hidden-sizes", "8",
@@ -23,13 +20,7 @@ TINY = [
 
 
 def load_summarize():
-    spec = importlib.util.spec_from_file_location(
-        "summarize", ROOT / "experiments" / "summarize.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["summarize"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_experiment_script("summarize")
 
 
 def test_table_and_plot_from_two_seeds(tmp_path, capsys):
