@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from metarl.config import build_config, load_yaml
-from metarl.registry import make_env
+from metarl.train import make_probe_env
 
 EXPERIMENT = Path(__file__).with_name("maml_trpo_ant_dir.yaml")
 
@@ -28,7 +28,7 @@ EXPERIMENT = Path(__file__).with_name("maml_trpo_ant_dir.yaml")
 def make_experiment_env():
     """The env of ``EXPERIMENT``: its family, horizon and ``env_kwargs``."""
     config = build_config(load_yaml(EXPERIMENT))
-    return make_env(config.env, horizon=config.horizon, **config.env_kwargs)
+    return make_probe_env(config, config.horizon)
 
 
 def episode_ends(std: float, episodes: int, seed: int = 0) -> tuple[float, dict[str, int]]:

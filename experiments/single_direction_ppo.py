@@ -18,17 +18,17 @@ import argparse
 import time
 from pathlib import Path
 
-from metarl import registry
 from metarl.baselines import ProgressLines, Settings, build_parser, evaluate, make_ppo
 from metarl.config import build_config, load_yaml
 from metarl.seeding import derive_seed
+from metarl.train import make_probe_env
 
 EXPERIMENT = Path(__file__).with_name("maml_trpo_halfcheetah_dir.yaml")
 
 
 def direction_env(config, direction: int):
     """The experiment's env (family, horizon, ``env_kwargs``) fixed to one direction."""
-    env = registry.make_env(config.env, horizon=config.horizon, **config.env_kwargs)
+    env = make_probe_env(config, config.horizon)
     env.unwrapped.set_task(env.unwrapped.task_type(direction=direction))
     return env
 
