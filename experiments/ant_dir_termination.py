@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from metarl.config import build_config, load_yaml
-from metarl.train import make_probe_env
+from metarl.train import make_config_env
 
 EXPERIMENT = Path(__file__).with_name("maml_trpo_ant_dir.yaml")
 
@@ -28,7 +28,7 @@ EXPERIMENT = Path(__file__).with_name("maml_trpo_ant_dir.yaml")
 def make_experiment_env():
     """The env of ``EXPERIMENT``: its family, horizon and ``env_kwargs``."""
     config = build_config(load_yaml(EXPERIMENT))
-    return make_probe_env(config, config.horizon)
+    return make_config_env(config)
 
 
 def episode_ends(std: float, episodes: int, seed: int = 0) -> tuple[float, dict[str, int]]:

@@ -21,14 +21,14 @@ from pathlib import Path
 from metarl.baselines import ProgressLines, Settings, build_parser, evaluate, make_ppo
 from metarl.config import build_config, load_yaml
 from metarl.seeding import derive_seed
-from metarl.train import make_probe_env
+from metarl.train import make_config_env
 
 EXPERIMENT = Path(__file__).with_name("maml_trpo_halfcheetah_dir.yaml")
 
 
 def direction_env(config, direction: int):
     """The experiment's env (family, horizon, ``env_kwargs``) fixed to one direction."""
-    env = make_probe_env(config, config.horizon)
+    env = make_config_env(config)
     env.unwrapped.set_task(env.unwrapped.task_type(direction=direction))
     return env
 

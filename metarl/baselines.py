@@ -81,7 +81,7 @@ from metarl.config import Config, ConfigError, build_config, load_yaml
 from metarl.envs.base import make_task_pools, task_as_dict
 from metarl.logger import RunLogger, return_tag
 from metarl.seeding import derive_rng, derive_seed
-from metarl.train import make_probe_env
+from metarl.train import config_horizon, make_config_env
 
 KINDS = ("oracle", "pretrain", "scratch")
 CONFIG_KEYS = (
@@ -264,8 +264,8 @@ class Baseline:
 
     def __init__(self, config: Config, settings: Settings) -> None:
         self.config, self.settings = config, settings
-        self.horizon = config.horizon or registry.resolve(config.env).horizon
-        probe = make_probe_env(config, self.horizon)
+        self.horizon = config_horizon(config)
+        probe = make_config_env(config)
         try:
             self.pools = make_task_pools(
                 probe,
@@ -282,7 +282,7 @@ class Baseline:
 
     def make_env(self, task: Any = None, *, with_task: bool = False) -> gymnasium.Env:
         """An env of the family: fixed to ``task``, or drawing training tasks at reset."""
-        env = registry.make_env(self.config.env, horizon=self.horizon, **self.config.env_kwargs)
+        env = make_config_env(self.config)
         if task is None:
             rng = derive_rng(self.config.seed, "baseline", self.settings.kind, "train-tasks")
             env = TrainPoolTasks(env, self.pools.train, rng)

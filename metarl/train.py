@@ -115,10 +115,18 @@ class Run:
     device: torch.device
 
 
-def make_probe_env(config: Config, horizon: int):
-    """One env of the family, to build the task pools; bad ``env_kwargs`` are bad input."""
+def config_horizon(config: Config) -> int:
+    """The episode length ``config`` runs at: its ``horizon``, or the family's default if 0."""
+    return config.horizon or registry.resolve(config.env).horizon
+
+
+def make_config_env(config: Config):
+    """One env of ``config``'s family at :func:`config_horizon`, with its ``env_kwargs``.
+
+    Bad ``env_kwargs`` are bad input: a :class:`ConfigError` that names the key.
+    """
     try:
-        return registry.make_env(config.env, horizon=horizon, **config.env_kwargs)
+        return registry.make_env(config.env, horizon=config_horizon(config), **config.env_kwargs)
     except TypeError as exc:
         raise ConfigError(
             f"config key 'env_kwargs': {config.env_kwargs!r} is not accepted by "
@@ -134,9 +142,8 @@ def build_run(config: Config, run_dir: Path) -> Run:
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     device = resolve_device(config.device)
-    family = registry.resolve(config.env)
-    horizon = config.horizon or family.horizon
-    probe_env = make_probe_env(config, horizon)
+    horizon = config_horizon(config)
+    probe_env = make_config_env(config)
     try:
         pools = make_task_pools(
             probe_env,
