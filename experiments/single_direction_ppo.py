@@ -21,7 +21,7 @@ from pathlib import Path
 from metarl.baselines import ProgressLines, Settings, build_parser, evaluate, make_ppo
 from metarl.config import build_config, load_yaml
 from metarl.seeding import derive_seed
-from metarl.train import make_config_env
+from metarl.train import config_horizon, make_config_env
 
 EXPERIMENT = Path(__file__).with_name("maml_trpo_halfcheetah_dir.yaml")
 
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> None:
     learning_rate = build_parser().get_default("learning_rate")  # the oracle's
     settings = Settings(kind="single-direction", timesteps=args.timesteps, adapt_steps=0,
                         n_test_tasks=0, learning_rate=learning_rate)  # fmt: skip
-    n_steps = config.episodes_per_task * config.horizon  # the oracle's rollout length
+    n_steps = config.episodes_per_task * config_horizon(config)  # the oracle's rollout length
     for direction in args.directions:
         env = direction_env(config, direction)
         name = "forward" if direction > 0 else "backward"  # seed keys are >= 0 or strings
