@@ -165,7 +165,8 @@ def test_device_cuda_without_cuda_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize(
     "script",
     ["metarl.train", "metarl.evaluate", "metarl.baselines", "benchmarks/learning.py",
-     "benchmarks/maml_iteration.py", "benchmarks/sampler.py", "experiments/summarize.py"],
+     "benchmarks/maml_iteration.py", "benchmarks/sampler.py", "experiments/summarize.py",
+     "experiments/velocity_tracking.py"],
 )  # fmt: skip
 def test_help_of_every_command_prints(script):
     # argparse %-formats help strings: one stray "%" in a config key's help broke --help.
