@@ -256,3 +256,5 @@ def test_target_kl_stops_epochs_before_the_step_that_would_pass_it(tmp_path, alg
     assert not all(torch.allclose(stopped[k], free[k], rtol=0, atol=1e-4) for k in stopped)
     tags = scalars(tmp_path / "stopped")
     assert [v for _, v in tags["ppo/early_stop"]] == [1.0, 1.0, 1.0]
+    # The KL that stopped each update is reported: the one step taken was measured at KL 0.
+    assert all(v > 1e-12 for _, v in tags["ppo/approx_kl"])

@@ -49,6 +49,9 @@ class PPOUpdate:
             # Reductions: a mean over each task's real steps, then over tasks.
             terms = clipped_surrogate(log_ratio, valid.advantages, self.clip)
             approx_kl = float(masked_mean(terms.approx_kl, valid.mask).mean())
+            # The latest measurement, the one that stops the update included: an update stopped
+            # after its first epoch then reads the KL it reached, not the 0 it started from.
+            stats["ppo/approx_kl"] = approx_kl
             if past_kl_target(approx_kl, self.target_kl):
                 stats["ppo/early_stop"] = 1.0  # before the step, as stable-baselines3
                 break
@@ -71,7 +74,6 @@ class PPOUpdate:
                 if epoch == 0:
                     stats["loss/surrogate_before"] = float(loss.detach())
                 stats["loss/surrogate_after"] = float(loss.detach())
-                stats["ppo/approx_kl"] = approx_kl
                 stats["ppo/clip_fraction"] = float(masked_mean(terms.clipped, valid.mask).mean())
         return stats
 

@@ -150,8 +150,9 @@ class RL2:
         n_trials = inputs.shape[0]
         mb_size = max(1, math.ceil(n_trials / self.minibatches))
         sums = {"loss/policy": 0.0, "loss/value": 0.0, "ppo/entropy": 0.0,
-                "ppo/approx_kl": 0.0, "ppo/clip_fraction": 0.0}  # fmt: skip
+                "ppo/clip_fraction": 0.0}  # fmt: skip
         n_updates = 0
+        kls: list[float] = []  # every minibatch's KL before its step, and the one that stops
         stopped = False
         for _ in range(self.epochs):
             order = torch.randperm(n_trials)
@@ -160,6 +161,7 @@ class RL2:
                 log_probs = gaussian_log_prob(actions[idx], mean, self.policy.log_std)
                 terms = clipped_surrogate(log_probs - old_log_probs[idx], norm_adv[idx], self.clip)
                 approx_kl = float(masked_mean(terms.approx_kl, mask[idx]))
+                kls.append(approx_kl)
                 if past_kl_target(approx_kl, self.target_kl):
                     stopped = True  # before the step, as stable-baselines3
                     break
@@ -167,13 +169,15 @@ class RL2:
                 if step is None:
                     stats["ppo/rejected_nonfinite"] = 1.0
                     continue
-                step["ppo/approx_kl"] = approx_kl
                 for key, value in step.items():
                     sums[key] += value
                 n_updates += 1
             if stopped:
                 break
         stats.update({k: v / max(n_updates, 1) for k, v in sums.items()})
+        # As stable-baselines3 logs it, the measurement that stopped the update included: without
+        # it, an update stopped after its first step (measured at KL 0) would read 0.
+        stats["ppo/approx_kl"] = sum(kls) / max(len(kls), 1)
         stats["ppo/early_stop"] = float(stopped)
         stats["ppo/minibatch_steps"] = float(n_updates)
         return stats
