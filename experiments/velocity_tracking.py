@@ -4,14 +4,15 @@ The meta-test return of an RL2 run compares episode 1 of a trial with
 episode 2, but on halfcheetah-vel the reward says at every step how far the
 speed is from the target, so a policy can adapt within the first episode and
 score the same in both. This script measures the adaptation itself: for every
-held-out task it runs one trial of the run's last checkpoint with the mean
-action (no exploration noise) and prints the target speed, the mean forward
-speed of each episode (over its second half, once up to speed) and the
-episode returns. Its last line is the least-squares slope of the last
-episode's speed against the target over the tasks: about 1 for a policy that finds each
-target, about 0 for one that runs one speed for every task.
+held-out task it runs one trial of a checkpoint (the last by default) with
+the mean action (no exploration noise) and prints the target speed, the
+mean forward speed of each episode (over its second half, once up to speed)
+and the episode returns. Its last line is the least-squares slope of the
+last episode's speed against the target over the tasks: about 1 for a
+policy that finds each target, about 0 for one that runs one speed for
+every task (the reward is the only input that depends on the task).
 
-    python experiments/velocity_tracking.py runs/results/RUN_DIR [--episodes 2]
+    python experiments/velocity_tracking.py RUN_DIR [--checkpoint best] [--episodes 2]
 """
 
 from __future__ import annotations
