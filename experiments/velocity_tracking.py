@@ -28,7 +28,7 @@ from metarl.checkpoint import load_checkpoint
 from metarl.config import build_config
 from metarl.evaluate import checkpoint_path
 from metarl.seeding import derive_seed
-from metarl.train import build_run, make_config_env
+from metarl.train import Run, build_run, make_config_env
 
 
 def run_trial(policy, env, task, episodes: int, seed: int) -> dict[str, list | torch.Tensor]:
@@ -74,6 +74,17 @@ def run_trial(policy, env, task, episodes: int, seed: int) -> dict[str, list | t
     return trial
 
 
+def restore(run_dir: Path, which: str = "latest") -> tuple[dict, Run]:
+    """The checkpoint ``which`` of ``run_dir`` and its run rebuilt on the CPU, in-process,
+    with the trained weights loaded (its held-out pool is ``run.pools.test``)."""
+    state = load_checkpoint(checkpoint_path(run_dir, which))
+    config = build_config({**state["config"], "workers": 0, "device": "cpu"})
+    run = build_run(config, run_dir)
+    run.sampler.close()  # workers 0: nothing to stop; the trial is stepped here
+    run.learner.load_state_dict(state["learner"])
+    return state, run
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dir", help="an RL2 run directory on halfcheetah-vel")
@@ -81,17 +92,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--episodes", type=int, default=2, help="episodes per trial")
     args = parser.parse_args(argv)
 
-    state = load_checkpoint(checkpoint_path(Path(args.run_dir), args.checkpoint))
-    config = build_config({**state["config"], "workers": 0, "device": "cpu"})
+    state, run = restore(Path(args.run_dir), args.checkpoint)
+    config = run.config
     if config.algo != "rl2" or config.env != "halfcheetah-vel":
         print(
             f"error: needs an rl2 run on halfcheetah-vel, got {config.algo} on {config.env}",
             file=sys.stderr,
         )
         return 2
-    run = build_run(config, Path(args.run_dir))  # the run's policy and held-out pool
-    run.sampler.close()
-    run.learner.load_state_dict(state["learner"])
     policy = run.learner.policy.eval()
     env = make_config_env(config)
 

@@ -7,8 +7,6 @@ import torch
 from experiment_scripts import load_experiment_script
 
 from metarl import train as train_cli
-from metarl.checkpoint import load_latest
-from metarl.config import build_config
 from metarl.policies.recurrent import rl2_inputs
 
 TINY_RL2 = [
@@ -31,10 +29,7 @@ def test_the_trial_feeds_the_gru_what_training_feeds_it(rl2_run):
     """Re-running the recorded trial through the policy's whole-trial forward (rl2_inputs, the
     learner's layout) gives back every action the step-by-step loop took."""
     script = load_experiment_script("velocity_tracking")
-    state = load_latest(rl2_run)
-    run = train_cli.build_run(build_config({**state["config"], "workers": 0}), rl2_run)
-    run.sampler.close()
-    run.learner.load_state_dict(state["learner"])
+    _, run = script.restore(rl2_run)
     policy = run.learner.policy.eval()
     env = train_cli.make_config_env(run.config)
     trial = script.run_trial(policy, env, run.pools.test[0], episodes=2, seed=3)
