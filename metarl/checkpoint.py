@@ -133,8 +133,9 @@ def periodic_checkpoints(run_dir: Path) -> list[Path]:
     return sorted(p for p in folder.iterdir() if _PERIODIC.match(p.name))
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Load a checkpoint file; a one-line :class:`CheckpointError` if it is missing or corrupt."""
+    path = Path(path)
     if not path.is_file():
         raise CheckpointError(f"checkpoint {str(path)!r} does not exist")
     try:
@@ -154,8 +155,9 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
     return state
 
 
-def latest_checkpoint(run_dir: Path) -> Path:
+def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path:
     """The newest periodic checkpoint of ``run_dir``."""
+    run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise CheckpointError(f"run directory {str(run_dir)!r} does not exist")
     found = periodic_checkpoints(run_dir)
@@ -164,7 +166,7 @@ def latest_checkpoint(run_dir: Path) -> Path:
     return found[-1]
 
 
-def load_latest(run_dir: Path) -> dict[str, Any]:
+def load_latest(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
     """Load the newest periodic checkpoint; if it is corrupt, say which older one exists.
 
     A corrupt newest checkpoint is an error, not a silent fall-back: with atomic

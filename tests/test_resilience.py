@@ -149,6 +149,10 @@ def test_checkpoint_holds_everything_needed_to_continue(tmp_path):
     best = load_checkpoint(run_dir / "checkpoints" / "best.pt")
     assert best["best_test_return"] == state["best_test_return"] > float("-inf")
     assert not list((run_dir / "checkpoints").glob(".*"))  # no temporary file left
+    # the readers take a str as well as a Path (a notebook passes str)
+    assert load_latest(str(run_dir))["iteration"] == 3
+    best_path = str(run_dir / "checkpoints" / "best.pt")
+    assert load_checkpoint(best_path)["iteration"] == best["iteration"]
 
 
 # -- signals ------------------------------------------------------------------------------
