@@ -102,6 +102,12 @@ class Config:
     ppo_epochs: int = _key(5, "PPO epochs over each meta-batch", min=1)
     ppo_clip: float = _key(0.2, "PPO ratio clip epsilon", min=0.0)
     ppo_lr: float = _key(1e-3, "PPO outer learning rate (Adam)", min=0.0)
+    ppo_lr_anneal: bool = _key(
+        False,
+        "anneal the PPO learning rate linearly from ppo_lr at the first iteration to "
+        "ppo_lr / iterations at the last (cleanrl's anneal_lr); the schedule is of the "
+        "configured iterations, so a resume that raises them raises the rate from there on",
+    )
     ppo_target_kl: float = _key(
         0.0,
         "stop an update's epochs before a step whose approximate KL to the batch's policy "

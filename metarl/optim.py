@@ -30,7 +30,29 @@ __all__ = [
     "flat_grad",
     "make_hvp",
     "past_kl_target",
+    "scheduled_lr",
+    "set_learning_rate",
 ]
+
+
+def scheduled_lr(base_lr: float, iteration: int, anneal_iterations: int) -> float:
+    """The Adam learning rate of (0-based) ``iteration``: ``base_lr``, or annealed linearly.
+
+    With ``anneal_iterations = N > 0`` it is cleanrl's ``anneal_lr``: ``base_lr`` at
+    iteration 0, falling by ``base_lr / N`` an iteration to ``base_lr / N`` at the last
+    (iteration N - 1), floored there should a run go past N. ``0`` = constant. A
+    function of the iteration alone, so a resumed run continues the schedule.
+    """
+    if anneal_iterations <= 0:
+        return base_lr
+    return base_lr * max(1.0 - iteration / anneal_iterations, 1.0 / anneal_iterations)
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    """Set every parameter group's learning rate (after ``load_state_dict`` too, which
+    would otherwise bring back the checkpoint's)."""
+    for group in optimizer.param_groups:
+        group["lr"] = lr
 
 
 def past_kl_target(approx_kl: float, target_kl: float) -> bool:

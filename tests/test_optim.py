@@ -13,6 +13,8 @@ from metarl.optim import (
     conjugate_gradient,
     flat_grad,
     make_hvp,
+    scheduled_lr,
+    set_learning_rate,
 )
 
 # ---------------------------------------------------------------- conjugate gradient
@@ -248,3 +250,24 @@ def test_clipped_surrogate_values_and_gradient_by_hand():
     # d/dlog r of r * A is r * A on the unclipped branch; the clipped branch has no gradient.
     terms.objective.sum().backward()
     torch.testing.assert_close(log_ratio.grad, torch.tensor([0.5, -1.0, 0.0]).double())
+
+
+def test_scheduled_lr_is_constant_or_cleanrls_linear_anneal():
+    assert [scheduled_lr(0.3, it, 0) for it in (0, 5, 99)] == [0.3, 0.3, 0.3]
+    # cleanrl: frac = 1 - (update - 1) / num_updates for update = 1..N; here 0-based
+    n = 4
+    assert [scheduled_lr(0.4, it, n) for it in range(n)] == pytest.approx([0.4, 0.3, 0.2, 0.1])
+    assert scheduled_lr(0.4, n, n) == pytest.approx(0.1)  # past the end: floored, never 0
+    assert scheduled_lr(0.4, 10 * n, n) == pytest.approx(0.1)
+
+
+def test_set_learning_rate_reaches_every_group_and_outlives_load_state_dict():
+    a, b = nn.Parameter(torch.zeros(2)), nn.Parameter(torch.zeros(3))
+    optimizer = torch.optim.Adam([{"params": [a]}, {"params": [b], "lr": 0.5}], lr=0.1)
+    saved = optimizer.state_dict()
+    set_learning_rate(optimizer, 0.01)
+    assert [g["lr"] for g in optimizer.param_groups] == [0.01, 0.01]
+    optimizer.load_state_dict(saved)  # a resume: Adam brings back the saved rates...
+    assert [g["lr"] for g in optimizer.param_groups] == [0.1, 0.5]
+    set_learning_rate(optimizer, 0.01)  # ...which is why the learners set it every iteration
+    assert [g["lr"] for g in optimizer.param_groups] == [0.01, 0.01]

@@ -214,6 +214,34 @@ def test_resume_continues_with_the_same_numbers(tmp_path):
         assert resumed[tag] == full[tag], tag
 
 
+@pytest.mark.parametrize("algo", ["maml-ppo", "rl2"])
+def test_lr_anneal_runs_on_schedule_across_a_resume_and_a_new_rate_takes_effect(tmp_path, algo):
+    """``--ppo-lr-anneal`` gives iteration i of N the rate lr * (1 - i / N), N as configured:
+    a run of 2 iterations resumed to 8 runs 0.01, 0.005, then 0.0075, 0.00625, ... A resume
+    with another ``--ppo-lr`` uses it (Adam's saved state would otherwise bring back the old)."""
+    extra = ["--rl2-minibatches", "1", "--rl2-hidden-size", "8"] if algo == "rl2" else []
+    common = [*TINY, *extra, "--algo", algo, "--ppo-lr", "0.01", "--checkpoint-every", "1",
+              "--logdir", str(tmp_path)]  # fmt: skip
+    assert train_cli.main([*common, "--ppo-lr-anneal", "--iterations", "2", "--run-name", "a"]) == 0
+    assert train_cli.main(["--resume", str(tmp_path / "a"), "--iterations", "8"]) == 0
+    rates = [v for _, v in scalars(tmp_path / "a")["ppo/lr"]]
+    assert rates == pytest.approx([0.01, 0.005] + [0.01 * (1 - i / 8) for i in range(2, 8)])
+
+    def adam_lr(run: str, iteration: int) -> float:  # the rate Adam stepped with
+        learner = load_checkpoint(tmp_path / run / "checkpoints" / f"iter_{iteration:06d}.pt")
+        learner = learner["learner"]
+        adam = learner["optimizer"] if algo == "rl2" else learner["outer"]["optimizer"]
+        return adam["param_groups"][0]["lr"]
+
+    assert adam_lr("a", 7) == pytest.approx(0.00125)
+
+    assert train_cli.main([*common, "--iterations", "2", "--run-name", "b"]) == 0
+    assert train_cli.main(["--resume", str(tmp_path / "b"), "--iterations", "3",
+                           "--ppo-lr", "0.02"]) == 0  # fmt: skip
+    assert [v for _, v in scalars(tmp_path / "b")["ppo/lr"]] == pytest.approx([0.01, 0.01, 0.02])
+    assert adam_lr("b", 2) == pytest.approx(0.02)
+
+
 def test_cuda_update_runs_when_cuda_exists(tmp_path):
     if not torch.cuda.is_available():
         pytest.skip("no CUDA on this machine")

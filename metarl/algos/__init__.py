@@ -68,6 +68,7 @@ def build_learner(config: Config, policy, sampler, device: torch.device):
                 clip=config.ppo_clip,
                 lr=config.ppo_lr,
                 target_kl=config.ppo_target_kl,
+                lr_anneal_iterations=config.iterations if config.ppo_lr_anneal else 0,
             )
         return MAML(config.algo, inner, outer, episodes_per_task=config.episodes_per_task)
     if config.algo == "rl2":
@@ -90,6 +91,7 @@ def build_learner(config: Config, policy, sampler, device: torch.device):
             max_grad_norm=config.rl2_max_grad_norm,
             bptt_chunk=config.rl2_bptt_chunk,
             device=device,
+            lr_anneal_iterations=config.iterations if config.ppo_lr_anneal else 0,
         )
     raise ConfigError(
         f"config key 'algo': {config.algo!r} is not implemented yet. Known: {', '.join(ALGOS)}"

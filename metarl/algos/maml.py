@@ -255,7 +255,7 @@ class MAML:
 
     ``outer`` is a :class:`~metarl.algos.maml_trpo.TRPOUpdate` or
     :class:`~metarl.algos.maml_ppo.PPOUpdate`: anything with
-    ``update(data) -> dict[str, float]``, ``state_dict()`` and ``load_state_dict()``.
+    ``update(data, iteration) -> dict[str, float]``, ``state_dict()`` and ``load_state_dict()``.
     """
 
     adaptation_unit = "step"  # what the k of return_step_k counts
@@ -272,7 +272,7 @@ class MAML:
             tasks, episodes_per_task=self.episodes_per_task, batch_key=(iteration, "train")
         )
         start = time.perf_counter()
-        scalars = self.outer.update(data)
+        scalars = self.outer.update(data, iteration)
         scalars["baseline/explained_variance"] = data.explained_variance
         return IterationResult(
             returns_per_step=data.returns_per_step,

@@ -14,25 +14,36 @@ import torch
 
 from metarl.algos.maml import AdaptationData, MAMLInnerLoop
 from metarl.functional import batched_log_prob, masked_mean
-from metarl.optim import clipped_surrogate, past_kl_target
+from metarl.optim import clipped_surrogate, past_kl_target, scheduled_lr, set_learning_rate
 
 
 class PPOUpdate:
     """The outer update of MAML-PPO; owns the Adam optimiser of the meta-parameters."""
 
     def __init__(
-        self, inner: MAMLInnerLoop, *, epochs: int, clip: float, lr: float, target_kl: float = 0.0
+        self,
+        inner: MAMLInnerLoop,
+        *,
+        epochs: int,
+        clip: float,
+        lr: float,
+        target_kl: float = 0.0,
+        lr_anneal_iterations: int = 0,
     ) -> None:
         self.inner = inner
         self.policy = inner.policy
         self.epochs = epochs
         self.clip = clip
         self.target_kl = target_kl
+        self.lr = lr
+        self.lr_anneal_iterations = lr_anneal_iterations  # 0 = constant (see scheduled_lr)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=lr)
         self.rejected_updates = 0
 
-    def update(self, data: AdaptationData) -> dict[str, float]:
+    def update(self, data: AdaptationData, iteration: int = 0) -> dict[str, float]:
         valid, spec = data.valid, self.policy.spec
+        lr = scheduled_lr(self.lr, iteration, self.lr_anneal_iterations)
+        set_learning_rate(self.optimizer, lr)
         old_log_probs = batched_log_prob(
             spec, data.old_params, valid.observations, valid.actions
         ).detach()
@@ -41,6 +52,7 @@ class PPOUpdate:
         saved_params = [p.detach().clone() for p in self.policy.parameters()]
         saved_optimizer = copy.deepcopy(self.optimizer.state_dict())
         stats["ppo/early_stop"] = 0.0
+        stats["ppo/lr"] = lr
         for epoch in range(self.epochs):
             adapted = self.inner.adapted_params(data.train, create_graph=True)
             log_ratio = (

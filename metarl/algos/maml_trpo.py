@@ -109,7 +109,8 @@ class TRPOUpdate:
         kl = batched_kl(self.policy.spec, old_params, adapted, valid.observations)
         return masked_mean(kl, valid.mask).mean()
 
-    def update(self, data: AdaptationData) -> dict[str, float]:
+    def update(self, data: AdaptationData, iteration: int = 0) -> dict[str, float]:
+        """One TRPO step; ``iteration`` is unused (max_kl bounds the step, not a schedule)."""
         params = list(self.policy.parameters())
         old = OldPolicy.of(self.policy.spec, data)
 

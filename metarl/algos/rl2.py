@@ -20,7 +20,13 @@ import time
 import torch
 
 from metarl.algos.maml import IterationResult
-from metarl.optim import ClippedSurrogate, clipped_surrogate, past_kl_target
+from metarl.optim import (
+    ClippedSurrogate,
+    clipped_surrogate,
+    past_kl_target,
+    scheduled_lr,
+    set_learning_rate,
+)
 from metarl.policies.gaussian_mlp import gaussian_log_prob, params_to_numpy
 from metarl.policies.recurrent import GaussianGRUPolicy, rl2_inputs
 from metarl.returns import explained_variance, gae_advantages, normalize_advantages
@@ -59,6 +65,7 @@ class RL2:
         max_grad_norm: float,
         bptt_chunk: int,
         device: torch.device,
+        lr_anneal_iterations: int = 0,
     ) -> None:
         self.policy = policy
         self.sampler = sampler
@@ -75,6 +82,8 @@ class RL2:
         self.max_grad_norm = max_grad_norm
         self.bptt_chunk = bptt_chunk
         self.device = device
+        self.lr = lr
+        self.lr_anneal_iterations = lr_anneal_iterations  # 0 = constant (see scheduled_lr)
         self.optimizer = torch.optim.Adam(policy.parameters(), lr=lr)
         named = list(policy.named_parameters())
         self._clip_groups = [
@@ -103,7 +112,10 @@ class RL2:
         )
         t_sample = time.perf_counter() - start
         start = time.perf_counter()
+        lr = scheduled_lr(self.lr, iteration, self.lr_anneal_iterations)
+        set_learning_rate(self.optimizer, lr)
         scalars = self.update(batch)
+        scalars["ppo/lr"] = lr
         episode_means = batch.episode_returns.mean(dim=(0, 1))  # [K]
         return IterationResult(
             returns_per_step=[float(r) for r in episode_means],
