@@ -28,7 +28,7 @@ from metarl.checkpoint import load_checkpoint
 from metarl.config import build_config
 from metarl.evaluate import checkpoint_path
 from metarl.seeding import derive_seed
-from metarl.train import Run, build_run, make_config_env
+from metarl.train import Run, make_config_env, restore_run
 
 
 def run_trial(policy, env, task, episodes: int, seed: int) -> dict[str, list | torch.Tensor]:
@@ -79,9 +79,8 @@ def restore(run_dir: Path, which: str = "latest") -> tuple[dict, Run]:
     with the trained weights loaded (its held-out pool is ``run.pools.test``)."""
     state = load_checkpoint(checkpoint_path(run_dir, which))
     config = build_config({**state["config"], "workers": 0, "device": "cpu"})
-    run = build_run(config, run_dir)
+    run = restore_run(state, config, run_dir)
     run.sampler.close()  # workers 0: nothing to stop; the trial is stepped here
-    run.learner.load_state_dict(state["learner"])
     return state, run
 
 

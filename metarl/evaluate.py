@@ -172,7 +172,7 @@ def write_outputs(out_dir: Path, name: str, per_task: torch.Tensor, meta: dict) 
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from metarl.train import build_run
+    from metarl.train import restore_run
 
     run_dir = Path(args.run_dir)
     path = checkpoint_path(run_dir, args.checkpoint)
@@ -183,9 +183,8 @@ def evaluate(args: argparse.Namespace) -> int:
     if args.ray_address is not None:
         overrides["ray_address"] = args.ray_address
     config = build_config({**state["config"], **overrides})
-    run = build_run(config, run_dir)
+    run = restore_run(state, config, run_dir)
     try:
-        run.learner.load_state_dict(state["learner"])
         pool = run.pools.test if args.tasks == "test" else run.pools.train
         tasks = list(pool[: args.n_tasks] if args.n_tasks else pool)
         per_task = run.learner.meta_test(

@@ -488,10 +488,12 @@ def resumed_config(state: dict, run_dir: Path, overrides: dict) -> Config:
     return config
 
 
-def resume(run_dir: Path, overrides: dict | None = None) -> int:
-    """Continue ``run_dir`` from its latest checkpoint; ``overrides`` may extend the budget etc."""
-    state = load_latest(run_dir)
-    config = resumed_config(state, run_dir, overrides or {})
+def restore_run(state: dict, config: Config, run_dir: Path) -> Run:
+    """:func:`build_run` of ``config`` with the checkpoint ``state``'s learner loaded into it.
+
+    A :class:`CheckpointError` (the sampler closed) if the saved weights do not fit the
+    policy ``config`` builds. Shared by ``--resume``, :mod:`metarl.evaluate` and scripts.
+    """
     run = build_run(config, run_dir)
     try:
         run.learner.load_state_dict(state["learner"])
@@ -501,6 +503,14 @@ def resume(run_dir: Path, overrides: dict | None = None) -> int:
             f"checkpoint in {str(run_dir)!r} does not match the "
             f"{config.algo} policy on {config.env}: {_first_line(exc)}"
         ) from exc
+    return run
+
+
+def resume(run_dir: Path, overrides: dict | None = None) -> int:
+    """Continue ``run_dir`` from its latest checkpoint; ``overrides`` may extend the budget etc."""
+    state = load_latest(run_dir)
+    config = resumed_config(state, run_dir, overrides or {})
+    run = restore_run(state, config, run_dir)
     progress = progress_from_checkpoint(state)
     if progress.next_iteration >= config.iterations:
         run.sampler.close()

@@ -359,6 +359,8 @@ def test_resume_of_a_corrupt_or_mismatched_checkpoint_is_refused(tmp_path, finis
     torch.save(state, latest)
     result = run_cli("metarl.train", "--resume", str(run_dir), cwd=tmp_path, timeout=60)
     assert_bad_input(result, "does not match the maml-trpo policy on point-nav")
+    result = run_cli("metarl.evaluate", str(run_dir), cwd=tmp_path, timeout=60)
+    assert_bad_input(result, "does not match the maml-trpo policy on point-nav")
 
     empty = tmp_path / "empty"
     empty.mkdir()
