@@ -408,10 +408,10 @@ def poison_updates(monkeypatch, update_class, calls: set[int]) -> None:
     real = update_class.update
     count = iter(range(10_000))
 
-    def update(self, data):
+    def update(self, data, iteration=0):
         if next(count) in calls:
             data.valid.advantages.fill_(float("nan"))
-        return real(self, data)
+        return real(self, data, iteration)
 
     monkeypatch.setattr(update_class, "update", update)
 
