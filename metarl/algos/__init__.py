@@ -35,6 +35,8 @@ def build_policy(config: Config, obs_dim: int, act_dim: int) -> torch.nn.Module:
 
 def build_learner(config: Config, policy, sampler, device: torch.device):
     """The meta-learner named by ``config.algo``."""
+    # MAML-PPO's and RL2's Adam rate: annealed over the configured iterations, or constant (0)
+    lr_anneal_iterations = config.iterations if config.ppo_lr_anneal else 0
     if config.algo in ("maml-trpo", "maml-ppo"):
         inner = MAMLInnerLoop(
             policy,
@@ -68,7 +70,7 @@ def build_learner(config: Config, policy, sampler, device: torch.device):
                 clip=config.ppo_clip,
                 lr=config.ppo_lr,
                 target_kl=config.ppo_target_kl,
-                lr_anneal_iterations=config.iterations if config.ppo_lr_anneal else 0,
+                lr_anneal_iterations=lr_anneal_iterations,
             )
         return MAML(config.algo, inner, outer, episodes_per_task=config.episodes_per_task)
     if config.algo == "rl2":
@@ -91,7 +93,7 @@ def build_learner(config: Config, policy, sampler, device: torch.device):
             max_grad_norm=config.rl2_max_grad_norm,
             bptt_chunk=config.rl2_bptt_chunk,
             device=device,
-            lr_anneal_iterations=config.iterations if config.ppo_lr_anneal else 0,
+            lr_anneal_iterations=lr_anneal_iterations,
         )
     raise ConfigError(
         f"config key 'algo': {config.algo!r} is not implemented yet. Known: {', '.join(ALGOS)}"
