@@ -333,7 +333,9 @@ def plot(
     for base in baselines:
         if base.env == experiment.env:
             bx = np.arange(first_k, first_k + len(base.adaptation))
-            adaptation.plot(bx, base.adaptation, "--", marker=".", label=f"SB3 PPO {base.kind}")
+            # The steps tell apart two runs of one kind (the 0.3 M and 1 M oracles).
+            label = f"SB3 PPO {base.kind}, {base.env_steps / 1e6:.2f} M steps"
+            adaptation.plot(bx, base.adaptation, "--", marker=".", label=label)
     adaptation.set_xlabel("episode in trial" if unit == "episode" else "adaptation step")
     adaptation.set_ylabel("return")
     adaptation.set_title("after meta-training: mean ± std over seeds")
