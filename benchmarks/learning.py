@@ -34,7 +34,8 @@ from pathlib import Path
 
 from metarl.config import build_config, load_yaml
 from metarl.logger import RunLogger
-from metarl.train import Progress, build_run, train_step
+from metarl.loop import Progress, train_step
+from metarl.run import build_run
 
 CONFIG = Path(__file__).resolve().parent.parent / "experiments" / "maml_trpo_halfcheetah_dir.yaml"
 QUICK = {"iterations": 50, "meta_batch_size": 10, "test_pool_size": 10}

@@ -3,8 +3,8 @@
 Default: the MAML paper's halfcheetah-vel config (40 tasks x 20 episodes x 200
 steps, one inner step, TRPO with 10 CG iterations), i.e. 320k env steps per
 iteration (before and after adaptation). ``--quick`` shrinks it to 10 tasks x
-10 episodes (40k env steps, the size of pytorch-maml-rl's default run quoted
-in shared/MEASURED.md). The first iteration (worker start-up, env creation)
+10 episodes (40k env steps, the size of pytorch-maml-rl's default run, see
+docs/benchmarks.md). The first iteration (worker start-up, env creation)
 is a warm-up and is not timed.
 
     python benchmarks/maml_iteration.py [--quick] [--algo maml-trpo|maml-ppo]
@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 from metarl.config import build_config
-from metarl.train import build_run, iteration_tasks
+from metarl.run import build_run, iteration_tasks
 
 
 def main() -> None:

@@ -24,7 +24,9 @@ never imports MuJoCo.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import inspect
+import pickle
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -35,6 +37,13 @@ TaskT = TypeVar("TaskT")
 
 class TaskNotSetError(RuntimeError):
     """Raised when a family env is reset or stepped before ``set_task``."""
+
+
+class TaskAPIError(ValueError):
+    """A family that does not follow the task API; the message says what is missing."""
+
+
+TASK_VERBS = ("sample_tasks", "set_task", "get_task")
 
 
 class TaskFamilyMixin(Generic[TaskT]):
@@ -131,23 +140,33 @@ class TaskPools:
 def make_task_pools(env: Any, *, n_train: int, n_test: int, seed: int) -> TaskPools:
     """Draw ``n_train`` training and ``n_test`` held-out tasks from ``seed``.
 
-    The pools depend only on ``seed`` (a dedicated ``np.random.Generator``, not
-    the env's RNG), so every run with that seed meta-trains and meta-tests on
-    the same tasks. For continuous families the pools are disjoint; for a
-    family with ``finite_tasks`` (e.g. forward/backward) both pools are drawn
-    independently from the same few tasks, as in the MAML paper.
+    The pools depend only on ``seed``, so every run with that seed meta-trains and
+    meta-tests on the same tasks. For continuous families the pools are disjoint;
+    for a family with ``finite_tasks`` (e.g. forward/backward) both pools are drawn
+    independently from the same few tasks, as in the MAML paper. A family that
+    splits its tasks itself (held-out characters, a benchmark's own train and test
+    sets) defines ``sample_task_pools(n_train, n_test, rng) -> (train, test)``.
+
+    Tasks come from a dedicated ``np.random.Generator``, passed to
+    ``sample_tasks(n, rng)``; a plug-in family whose ``sample_tasks`` takes only
+    ``n`` draws from its own ``np_random``, seeded here from ``seed`` first.
     """
     family = env.unwrapped
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7A5C]))
-    train = family.sample_tasks(n_train, rng)
+    custom = getattr(family, "sample_task_pools", None)
+    if custom is not None:  # the family splits its tasks itself (held-out characters, benchmarks)
+        train, test = custom(n_train, n_test, rng)
+        return TaskPools(train=tuple(train), test=tuple(test))
+    draw = task_sampler(family, rng)
+    train = draw(n_train)
     if getattr(family, "finite_tasks", False):
-        return TaskPools(train=tuple(train), test=tuple(family.sample_tasks(n_test, rng)))
+        return TaskPools(train=tuple(train), test=tuple(draw(n_test)))
     seen = set(map(repr, train))
     test: list = []
     for _ in range(100 * max(n_test, 1)):
         if len(test) == n_test:
             break
-        (task,) = family.sample_tasks(1, rng)
+        (task,) = draw(1)
         if repr(task) not in seen:
             seen.add(repr(task))
             test.append(task)
@@ -156,8 +175,48 @@ def make_task_pools(env: Any, *, n_train: int, n_test: int, seed: int) -> TaskPo
     return TaskPools(train=tuple(train), test=tuple(test))
 
 
-def check_tasks(tasks: Sequence[Any], task_type: type) -> None:
-    """Raise a clear TypeError unless every element of ``tasks`` is a ``task_type``."""
-    for i, task in enumerate(tasks):
-        if not isinstance(task, task_type):
-            raise TypeError(f"task {i} is a {type(task).__name__}, expected {task_type.__name__}")
+def task_sampler(family: Any, rng: np.random.Generator) -> Callable[[int], list]:
+    """``n -> tasks`` drawn from ``rng``: through ``sample_tasks(n, rng)``, or, for a family
+    whose ``sample_tasks`` takes only ``n``, from its ``np_random`` seeded from ``rng``."""
+    if _takes_rng(family.sample_tasks):
+        return lambda n: list(family.sample_tasks(n, rng))
+    family.np_random = np.random.default_rng(rng.integers(2**63))
+    return lambda n: list(family.sample_tasks(n))
+
+
+def _takes_rng(method: Callable) -> bool:
+    try:
+        params = list(inspect.signature(method).parameters.values())
+    except (TypeError, ValueError):  # a builtin or C method: assume the full API
+        return True
+    if any(p.kind in (p.VAR_POSITIONAL, p.VAR_KEYWORD) for p in params):
+        return True
+    return len(params) >= 2
+
+
+def check_task_api(env: Any, name: str) -> None:
+    """A :class:`TaskAPIError` naming what is missing unless ``env``'s family follows the
+    task API: the three verbs, and tasks that are hashable and picklable (worker
+    processes receive them; pools and evaluation compare them)."""
+    family = env.unwrapped
+    where = f"family {name!r} ({type(family).__name__})"
+    missing = [verb for verb in TASK_VERBS if not callable(getattr(family, verb, None))]
+    if missing:
+        raise TaskAPIError(
+            f"{where} does not follow the task API: it has no {', '.join(missing)}(). "
+            "See README, 'Writing your own task family'."
+        )
+    (task,) = task_sampler(family, np.random.default_rng(0))(1)
+    try:
+        hash(task)
+    except TypeError as exc:
+        raise TaskAPIError(
+            f"{where}: its task {task!r} is not hashable ({exc}); make tasks frozen dataclasses"
+        ) from None
+    try:
+        pickle.loads(pickle.dumps(task))
+    except Exception as exc:  # noqa: BLE001 - any pickling failure is the same problem
+        raise TaskAPIError(
+            f"{where}: its task {task!r} cannot be pickled ({type(exc).__name__}: {exc}); "
+            "rollout workers receive tasks by pickle: define the task class at module level"
+        ) from None

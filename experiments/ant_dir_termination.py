@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from metarl.config import build_config, load_yaml
-from metarl.train import make_config_env
+from metarl.run import make_config_env
 
 EXPERIMENT = Path(__file__).with_name("maml_trpo_ant_dir.yaml")
 

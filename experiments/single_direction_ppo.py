@@ -20,8 +20,8 @@ from pathlib import Path
 
 from metarl.baselines import ProgressLines, Settings, build_parser, evaluate, make_ppo
 from metarl.config import build_config, load_yaml
+from metarl.run import config_horizon, make_config_env
 from metarl.seeding import derive_seed
-from metarl.train import config_horizon, make_config_env
 
 EXPERIMENT = Path(__file__).with_name("maml_trpo_halfcheetah_dir.yaml")
 

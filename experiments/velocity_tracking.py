@@ -27,8 +27,8 @@ import torch
 from metarl.checkpoint import load_checkpoint
 from metarl.config import build_config
 from metarl.evaluate import checkpoint_path
+from metarl.run import Run, make_config_env, restore_run
 from metarl.seeding import derive_seed
-from metarl.train import Run, make_config_env, restore_run
 
 
 def run_trial(policy, env, task, episodes: int, seed: int) -> dict[str, list | torch.Tensor]:

@@ -63,10 +63,9 @@ import io
 import json
 import sys
 import time
-import typing
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 import gymnasium
 import numpy as np
@@ -77,11 +76,14 @@ from stable_baselines3 import PPO
 from stable_baselines3.common.callbacks import BaseCallback
 
 from metarl import registry
-from metarl.config import Config, ConfigError, build_config, load_yaml
-from metarl.envs.base import make_task_pools, task_as_dict
-from metarl.logger import RunLogger, return_tag
+from metarl.cli import OneLineErrorParser, run_command
+from metarl.config import Config, ConfigError, add_config_arguments, build_config, load_yaml
+from metarl.envs.base import task_as_dict
+from metarl.logger import RunLogger, adaptation_scalars, return_tag
+from metarl.run import build_task_pools, config_horizon, make_config_env, run_dir_name
 from metarl.seeding import derive_rng, derive_seed
-from metarl.train import config_horizon, make_config_env
+
+PROG = "python -m metarl.baselines"
 
 KINDS = ("oracle", "pretrain", "scratch")
 CONFIG_KEYS = (
@@ -267,12 +269,7 @@ class Baseline:
         self.horizon = config_horizon(config)
         probe = make_config_env(config)
         try:
-            self.pools = make_task_pools(
-                probe,
-                n_train=config.train_pool_size,
-                n_test=config.test_pool_size,
-                seed=derive_seed(config.seed, "task-pools"),
-            )
+            self.pools = build_task_pools(config, probe)
         finally:
             probe.close()
         self.test_tasks = list(self.pools.test[: settings.n_test_tasks or None])
@@ -361,16 +358,9 @@ class Baseline:
 # --- the command line -----------------------------------------------------------------------------
 
 
-class _OneLineErrorParser(argparse.ArgumentParser):
-    """Bad flags give one line (not the whole usage) and exit code 2."""
-
-    def error(self, message: str) -> NoReturn:
-        self.exit(2, f"error: {message} (python -m metarl.baselines --help lists the flags)\n")
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _OneLineErrorParser(
-        prog="python -m metarl.baselines",
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
+        prog=prog,
         description="Stable-baselines3 PPO baselines (oracle, pretrain, scratch) on the "
         "held-out tasks a metarl run meta-tests on, logged under the same TensorBoard tags.",
     )
@@ -399,21 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--learning-rate", type=float, default=3e-4, help="PPO learning rate (default: 3e-4)"
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
-    types_ = typing.get_type_hints(Config)
-    defaults = Config()
-    for f in dataclasses.fields(Config):
-        if f.name not in CONFIG_KEYS:
-            continue
-        nargs = "+" if types_[f.name] is tuple else None
-        parser.add_argument(
-            "--" + f.name.replace("_", "-"),
-            dest=f.name,
-            default=argparse.SUPPRESS,
-            nargs=nargs,
-            metavar="N" if nargs else f.name.upper(),
-            choices=f.metadata.get("choices"),
-            help=f"{f.metadata['help']} (default: {getattr(defaults, f.name)!r})",
-        )
+    add_config_arguments(parser, keys=set(CONFIG_KEYS))
     return parser
 
 
@@ -437,21 +413,10 @@ def baseline_settings(args: argparse.Namespace, config: Config) -> Settings:
     return Settings(args.kind, args.timesteps, adapt_steps, args.n_test_tasks, args.learning_rate)
 
 
-def run_dir_for(config: Config, kind: str) -> Path:
-    env_name = config.env.replace("/", "_").replace(":", "_")
-    name = config.run_name or f"{env_name}-baseline-{kind}-{time.strftime('%Y%m%d-%H%M%S')}"
-    return Path(config.logdir) / name
-
-
 def log_results(run_dir: Path, config: Config, per_task: np.ndarray) -> dict[str, float]:
     """``test/`` means and the probe tasks' own curves, at step 0 and the last iteration."""
-    scalars = {
-        return_tag("test", k, "step"): float(per_task[k].mean()) for k in range(len(per_task))
-    }
+    scalars = adaptation_scalars(torch.as_tensor(per_task), "step", config.n_probe_tasks)
     n_probe = min(config.n_probe_tasks, per_task.shape[1])
-    for i in range(n_probe):
-        for k in range(per_task.shape[0]):
-            scalars[return_tag(f"probe/task_{i}", k, "step")] = float(per_task[k, i])
     logger = RunLogger(run_dir)
     try:
         logger.probe_layout(n_probe, per_task.shape[0] - 1, "step")
@@ -479,7 +444,7 @@ def run_baseline(config: Config, settings: Settings) -> int:
 
 def _run_baseline(config: Config, settings: Settings) -> int:
     registry.resolve(config.env)  # an unknown name fails before anything is built
-    run_dir = run_dir_for(config, settings.kind)
+    run_dir = run_dir_name(config, f"baseline-{settings.kind}")
     baseline = Baseline(config, settings)  # bad env_kwargs fail here, before the directory
     run_dir.mkdir(parents=True, exist_ok=True)
     resolved = {
@@ -530,19 +495,17 @@ def _run_baseline(config: Config, settings: Settings) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     """The CLI; returns the exit code (see the module docstring)."""
-    args = build_parser().parse_args(argv)
-    try:
+    args = build_parser(prog).parse_args(argv)
+
+    def command() -> int:
         base = load_yaml(args.config) if args.config else {}
         overrides = {k: v for k, v in vars(args).items() if k in CONFIG_KEYS}
         config = build_config(overrides, base)
         return run_baseline(config, baseline_settings(args, config))
-    except (ConfigError, registry.UnknownEnvError) as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+
+    return run_command(command, debug=args.debug)
 
 
 if __name__ == "__main__":

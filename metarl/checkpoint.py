@@ -1,6 +1,6 @@
 """Checkpoints: atomic writes, the last K kept, the best by meta-test return.
 
-A checkpoint is one ``torch.save`` dict, written by :mod:`metarl.train`:
+A checkpoint is one ``torch.save`` dict, written by :mod:`metarl.loop`:
 
 =====================  =========================================================
 key                    what

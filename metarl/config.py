@@ -1,65 +1,70 @@
 """Typed run configuration: defaults < YAML file < command line, validated with clear errors.
 
-Every key is a field of :class:`Config` with its help text in the field's
-metadata; the CLI in :mod:`metarl.train` is generated from these fields, so a
-key is documented and overridable in one place. The resolved config is saved
-as ``config.yaml`` in the run directory.
+:class:`Config` is one flat dataclass composed of key groups (dataclasses of
+:func:`~metarl.options.option` fields): the run's own groups below, then every
+registered algorithm's groups, which each algorithm declares in its own module
+(:mod:`metarl.algos.registry`). So a key is documented, checked and overridable
+in one place, flag names stay flat (``--max-kl``), and ``--help`` lists the
+flags group by group, each algorithm's under its name. The resolved config is
+saved as ``config.yaml`` in the run directory.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
-import sys
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-ALGOS = ("maml-trpo", "maml-ppo", "rl2")
+from metarl.algos.registry import ALGORITHMS, algorithm, option_groups
+from metarl.options import ConfigError, option
+from metarl.policies.gaussian_mlp import WEIGHT_INITS
+from metarl.sampling.backends import BACKENDS
+
+__all__ = ["ALGOS", "Config", "ConfigError", "DEVICES", "SAMPLERS", "build_config", "load_yaml"]
+
+ALGOS = tuple(ALGORITHMS)
 DEVICES = ("auto", "cpu", "cuda")
-SAMPLERS = ("local", "ray")
-WEIGHT_INITS = ("torch", "xavier")  # metarl.policies.gaussian_mlp's (kept torch-free here)
-
-
-class ConfigError(ValueError):
-    """A bad config key or value; the message names the key, the value and what is allowed."""
-
-
-def _key(default: Any, help: str, **checks: Any) -> Any:
-    """A config field with its help text and simple checks (min, max, choices)."""
-    if isinstance(default, (list, tuple, dict)):
-        value = default
-        return field(default_factory=lambda: type(value)(value), metadata={"help": help, **checks})
-    return field(default=default, metadata={"help": help, **checks})
+SAMPLERS = tuple(BACKENDS)
 
 
 @dataclass
-class Config:
-    """Everything that defines a run. Defaults are the MAML paper's locomotion settings."""
+class RunKeys:
+    """what to train"""
 
-    # --- what to train -----------------------------------------------------------------
-    env: str = _key("halfcheetah-vel", "task family: short name, gymnasium id or module:Class")
-    algo: str = _key("maml-trpo", "meta-learner", choices=ALGOS)
-    seed: int = _key(0, "run seed; every other seed (tasks, workers, noise) derives from it", min=0)
-    iterations: int = _key(500, "meta-iterations to train", min=1)
-    env_kwargs: dict = _key({}, "keyword arguments for the family's constructor (YAML only)")
+    env: str = option("halfcheetah-vel", "task family: short name, gymnasium id or module:Class")
+    algo: str = option("maml-trpo", "meta-learner", choices=ALGOS)
+    seed: int = option(
+        0, "run seed; every other seed (tasks, workers, noise) derives from it", min=0
+    )
+    iterations: int = option(500, "meta-iterations to train", min=1)
+    env_kwargs: dict = option({}, "keyword arguments for the family's constructor (YAML only)")
+    discount: float = option(0.99, "discount factor gamma", min=0.0, max=1.0)
 
-    # --- data per iteration -------------------------------------------------------------
-    meta_batch_size: int = _key(40, "tasks per meta-iteration", min=1)
-    episodes_per_task: int = _key(20, "episodes per task per adaptation step", min=1)
-    horizon: int = _key(0, "episode length in steps; 0 = the family's default", min=0)
-    train_pool_size: int = _key(1000, "size of the fixed, seeded pool of training tasks", min=1)
-    test_pool_size: int = _key(20, "size of the fixed, seeded pool of held-out test tasks", min=1)
 
-    # --- policy ---------------------------------------------------------------------------
-    hidden_sizes: tuple = _key((100, 100), "hidden layer sizes of the policy MLP")
-    activation: str = _key("relu", "hidden activation", choices=("relu", "tanh"))
-    init_log_std: float = _key(0.0, "initial log standard deviation of the Gaussian policy")
-    weight_init: str = _key(
+@dataclass
+class DataKeys:
+    """data per iteration"""
+
+    meta_batch_size: int = option(40, "tasks per meta-iteration", min=1)
+    episodes_per_task: int = option(20, "episodes per task per adaptation step", min=1)
+    horizon: int = option(0, "episode length in steps; 0 = the family's default", min=0)
+    train_pool_size: int = option(1000, "size of the fixed, seeded pool of training tasks", min=1)
+    test_pool_size: int = option(20, "size of the fixed, seeded pool of held-out test tasks", min=1)
+
+
+@dataclass
+class PolicyKeys:
+    """policy"""
+
+    hidden_sizes: tuple = option((100, 100), "hidden layer sizes of the policy MLP")
+    activation: str = option("relu", "hidden activation", choices=("relu", "tanh"))
+    init_log_std: float = option(0.0, "initial log standard deviation of the Gaussian policy")
+    weight_init: str = option(
         "torch",
         "initial weights of the MLP policy's linear layers: 'torch' = torch's default "
         "(uniform within 1/sqrt(fan_in), weights and biases); 'xavier' = Xavier-uniform "
@@ -67,104 +72,84 @@ class Config:
         choices=WEIGHT_INITS,
     )
 
-    # --- inner loop (MAML) --------------------------------------------------------------------
-    inner_steps: int = _key(1, "policy-gradient adaptation steps per task", min=1)
-    inner_lr: float = _key(0.1, "adaptation (inner) learning rate", min=0.0)
-    first_order: bool = _key(False, "drop second-order terms of the meta-gradient (FOMAML)")
-    discount: float = _key(0.99, "discount factor gamma", min=0.0, max=1.0)
-    gae_lambda: float = _key(1.0, "GAE lambda", min=0.0, max=1.0)
 
-    # --- MAML-TRPO outer loop -----------------------------------------------------------------
-    max_kl: float = _key(0.01, "TRPO trust region: max mean KL of the adapted policies", min=0.0)
-    cg_iters: int = _key(10, "conjugate-gradient iterations", min=1)
-    cg_damping: float = _key(1e-5, "damping added to the Fisher-vector product", min=0.0)
-    trpo_fisher: str = _key(
-        "full",
-        "Fisher for the natural gradient: 'full' = the KL differentiated through the inner "
-        "loop (as pytorch-maml-rl and learn2learn); 'adapted' = the inner step held fixed "
-        "(update 3-5x cheaper, but once the meta-policy is trained its steps overshoot the KL "
-        "bound and the line search keeps ~5% of them: halfcheetah-dir learns ~10x slower)",
-        choices=("adapted", "full"),
-    )
-    fisher_subsample: float = _key(
-        1.0,
-        "fraction of the meta-batch's tasks (every k-th) whose KL Hessian is the Fisher: "
-        "its products, ~90% of the update, then run through fewer tasks' inner loops",
-        min=0.01,
-        max=1.0,
-    )
-    ls_max_backtracks: int = _key(15, "line search: maximum tries", min=1)
-    ls_backtrack_ratio: float = _key(
-        0.8, "line search: step shrink factor (0.8 as pytorch-maml-rl)", min=0.0, max=1.0
-    )
+@dataclass
+class EvaluationKeys:
+    """evaluation and logging"""
 
-    # --- MAML-PPO outer loop ------------------------------------------------------------------
-    ppo_epochs: int = _key(5, "PPO epochs over each meta-batch", min=1)
-    ppo_clip: float = _key(0.2, "PPO ratio clip epsilon", min=0.0)
-    ppo_lr: float = _key(1e-3, "PPO outer learning rate (Adam)", min=0.0)
-    ppo_lr_anneal: bool = _key(
-        False,
-        "anneal the PPO learning rate linearly from ppo_lr at the first iteration to "
-        "ppo_lr / iterations at the last (cleanrl's anneal_lr); the schedule is of the "
-        "configured iterations, so a resume that raises them raises the rate from there on",
-    )
-    ppo_target_kl: float = _key(
-        0.0,
-        "stop an update's epochs before a step whose approximate KL to the batch's policy "
-        "exceeds 1.5 x this (stable-baselines3's rule); 0 = never",
-        min=0.0,
-    )
-
-    # --- RL2 (defaults after garage's RL2-PPO examples: GRU 64, lambda 0.95, 2 episodes) ----
-    rl2_hidden_size: int = _key(64, "RL2: GRU hidden size", min=1)
-    rl2_episodes_per_trial: int = _key(
-        2, "RL2: consecutive episodes of one task sharing the hidden state", min=1
-    )
-    rl2_trials_per_task: int = _key(4, "RL2: trials per task per meta-iteration", min=1)
-    rl2_gae_lambda: float = _key(0.95, "RL2: GAE lambda over the trial", min=0.0, max=1.0)
-    rl2_bptt_chunk: int = _key(
-        0, "RL2: truncated back-propagation chunk length in steps; 0 = the whole trial", min=0
-    )
-    rl2_minibatches: int = _key(4, "RL2: minibatches of whole trials per PPO epoch", min=1)
-    rl2_value_coef: float = _key(0.5, "RL2: weight of the value loss", min=0.0)
-    rl2_entropy_coef: float = _key(0.0, "RL2: weight of the entropy bonus", min=0.0)
-    rl2_max_grad_norm: float = _key(0.5, "RL2: gradient-norm clip (0 = off)", min=0.0)
-
-    # --- evaluation and logging ---------------------------------------------------------------
-    eval_every: int = _key(
+    eval_every: int = option(
         10, "meta-test on the held-out tasks every N iterations (0 = never)", min=0
     )
-    eval_adapt_steps: int = _key(3, "adaptation steps at meta-test time", min=1)
-    n_probe_tasks: int = _key(
+    eval_adapt_steps: int = option(3, "adaptation steps at meta-test time", min=1)
+    n_probe_tasks: int = option(
         4, "held-out tasks whose adaptation curves are logged per task", min=0
     )
 
-    # --- system -----------------------------------------------------------------------------------
-    device: str = _key("auto", "device for updates (rollouts always run on CPU)", choices=DEVICES)
-    workers: int = _key(-1, "rollout worker processes; -1 = one per core, 0 = in-process", min=-1)
-    sampler: str = _key(
+
+@dataclass
+class SystemKeys:
+    """system"""
+
+    device: str = option("auto", "device for updates (rollouts always run on CPU)", choices=DEVICES)
+    workers: int = option(-1, "rollout worker processes; -1 = one per core, 0 = in-process", min=-1)
+    sampler: str = option(
         "local",
-        "rollout backend: local (worker processes of this machine) or ray (Ray actors, on "
-        'this machine or a cluster; pip install "metarl[ray]"); with ray, -1 workers = '
+        "rollout backend: "
+        + "; ".join(f"{spec.name} = {spec.summary}" for spec in BACKENDS.values())
+        + '; ray needs pip install "metarl[ray]", and with it -1 workers = '
         "one per CPU of the cluster",
         choices=SAMPLERS,
     )
-    ray_address: str = _key(
+    ray_address: str = option(
         "", "with --sampler ray: the cluster to join (auto or HOST:PORT); empty = start Ray here"
     )
-    logdir: str = _key("runs", "parent folder of run directories")
-    run_name: str = _key("", "run directory name; empty = <env>-<algo>-<time>")
-    checkpoint_every: int = _key(10, "write a checkpoint every N iterations", min=1)
-    keep_checkpoints: int = _key(3, "keep the last K periodic checkpoints", min=1)
-    torch_threads: int = _key(
+    logdir: str = option("runs", "parent folder of run directories")
+    run_name: str = option("", "run directory name; empty = <env>-<algo>-<time>")
+    checkpoint_every: int = option(10, "write a checkpoint every N iterations", min=1)
+    keep_checkpoints: int = option(3, "keep the last K periodic checkpoints", min=1)
+    torch_threads: int = option(
         0,
         "torch threads in the learner; 0 = torch's default (one per core: the rollout "
         "workers idle during updates, so the update may use every core)",
         min=0,
     )
-    max_consecutive_rejections: int = _key(
+    max_consecutive_rejections: int = option(
         5, "stop the run after this many non-finite (rejected) updates in a row", min=1
     )
+
+
+RUN_GROUPS = (RunKeys, DataKeys, PolicyKeys, EvaluationKeys, SystemKeys)
+
+
+def key_groups() -> list[tuple[str, type]]:
+    """Every key group of :class:`Config` with its ``--help`` title, in flag order."""
+    titled = [(_title(group), group) for group in RUN_GROUPS]
+    for group, algos in option_groups().items():
+        titled.append((f"{_title(group)} ({', '.join(algos)})", group))
+    return titled
+
+
+def _title(group: type) -> str:
+    """A group's ``--help`` title: its docstring's first line, up to a colon."""
+    return (group.__doc__ or group.__name__).strip().splitlines()[0].split(":")[0].rstrip(".")
+
+
+def _compose_config() -> type:
+    """The flat Config dataclass: every key of every group, each once."""
+    fields: list[tuple[str, Any, dataclasses.Field]] = []
+    owner: dict[str, str] = {}
+    for _, group in key_groups():
+        hints = typing.get_type_hints(group)
+        for f in dataclasses.fields(group):
+            if f.name in owner:
+                raise RuntimeError(
+                    f"config key {f.name!r} is declared by both {owner[f.name]} and "
+                    f"{group.__qualname__}; give one of them another name"
+                )
+            owner[f.name] = group.__qualname__
+            copy = dataclasses.field(default=f.default, default_factory=f.default_factory,
+                                     metadata=f.metadata)  # fmt: skip
+            fields.append((f.name, hints[f.name], copy))
 
     def __post_init__(self) -> None:
         validate(self)
@@ -173,6 +158,19 @@ class Config:
         out = dataclasses.asdict(self)
         out["hidden_sizes"] = list(self.hidden_sizes)
         return out
+
+    namespace = {
+        "__module__": __name__,
+        "__doc__": "Everything that defines a run (see the module docstring). "
+        "Defaults are the MAML paper's locomotion settings.",
+        "__post_init__": __post_init__,
+        "to_dict": to_dict,
+    }
+    return dataclasses.make_dataclass("Config", fields, namespace=namespace)
+
+
+Config = _compose_config()
+CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
 def _field_types() -> dict[str, Any]:
@@ -239,26 +237,27 @@ def validate(config: Config) -> None:
         raise ConfigError(
             f"config key 'hidden_sizes': {list(config.hidden_sizes)!r} must be positive sizes"
         )
-    if config.algo == "rl2" and config.weight_init != "torch":
-        raise ConfigError(
-            f"config key 'weight_init': {config.weight_init!r} applies to the MLP policy of "
-            "MAML; RL2's GRU policy keeps torch's initialisation (use 'torch')"
-        )
-    if config.ray_address and config.sampler != "ray":
-        raise ConfigError(f"config key 'ray_address': {config.ray_address!r} needs --sampler ray")
-    if config.sampler == "ray" and config.workers == 0:
-        raise ConfigError("config key 'workers': 0 (in-process) is not possible with --sampler ray")
-    if config.sampler == "ray" and not _installed("ray"):
-        raise ConfigError(
-            "config key 'sampler': 'ray' needs Ray, which is not installed here: "
-            'pip install "metarl[ray]"'
-        )
+    _validate_sampler(config)
+    check = algorithm(config.algo).validate
+    if check is not None:
+        check(config)
 
 
-def _installed(module: str) -> bool:
-    if module in sys.modules:
-        return sys.modules[module] is not None
-    return importlib.util.find_spec(module) is not None
+def _validate_sampler(config: Any) -> None:
+    """The backend's own keys only with that backend, in-process only where it can, installed."""
+    backend = BACKENDS[config.sampler]
+    for spec in BACKENDS.values():
+        for key in spec.options:
+            value = getattr(config, key, None)
+            if spec is not backend and value not in (None, ""):
+                raise ConfigError(f"config key {key!r}: {value!r} needs --sampler {spec.name}")
+    if config.workers == 0 and not backend.in_process:
+        raise ConfigError(
+            f"config key 'workers': 0 (in-process) is not possible with --sampler {backend.name}"
+        )
+    missing = backend.missing_requirement()
+    if missing:
+        raise ConfigError(f"config key 'sampler': {config.sampler!r} {missing}")
 
 
 def load_yaml(path: str | Path) -> dict[str, Any]:
@@ -294,44 +293,33 @@ def build_config(overrides: dict[str, Any], base: dict[str, Any] | None = None) 
 # --- the command line, generated from the fields -------------------------------------------------
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One ``--kebab-case`` flag per config key, its default and help taken from the field."""
+def add_config_arguments(parser: argparse.ArgumentParser, keys: set[str] | None = None) -> None:
+    """One ``--kebab-case`` flag per config key (or per key of ``keys``), grouped as
+    :func:`key_groups` groups them, default and help taken from the field."""
     types_ = _field_types()
     defaults = Config()
-    for f in dataclasses.fields(Config):
-        if types_[f.name] is dict:
-            continue  # YAML only
-        flag = "--" + f.name.replace("_", "-")
-        default = getattr(defaults, f.name)
-        # argparse %-formats help strings: a literal "%" in a key's help must be doubled.
-        help_text = f"{f.metadata['help']} (default: {default!r})".replace("%", "%%")
-        if types_[f.name] is bool:
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                action=argparse.BooleanOptionalAction,
-                default=argparse.SUPPRESS,
-                help=help_text,
-            )
-        elif typing.get_origin(types_[f.name]) is tuple or types_[f.name] is tuple:
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                type=int,
-                nargs="+",
-                default=argparse.SUPPRESS,
-                metavar="N",
-                help=help_text,
-            )
-        else:
-            parser.add_argument(
-                flag,
-                dest=f.name,
-                default=argparse.SUPPRESS,
-                metavar=f.name.upper(),
-                help=help_text,
-                choices=f.metadata.get("choices"),
-            )
+    for title, group in key_groups():
+        names = [f.name for f in dataclasses.fields(group) if keys is None or f.name in keys]
+        names = [name for name in names if types_[name] is not dict]  # dicts: YAML only
+        if not names:
+            continue
+        section = parser.add_argument_group(title)
+        for name in names:
+            _add_flag(section, name, types_[name], getattr(defaults, name))
+
+
+def _add_flag(section: Any, name: str, annotation: Any, default: Any) -> None:
+    meta = CONFIG_FIELDS[name].metadata
+    flag = "--" + name.replace("_", "-")
+    # argparse %-formats help strings: a literal "%" in a key's help must be doubled.
+    help_text = f"{meta['help']} (default: {default!r})".replace("%", "%%")
+    common = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
+    if annotation is bool:
+        section.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
+    elif annotation is tuple or typing.get_origin(annotation) is tuple:
+        section.add_argument(flag, type=int, nargs="+", metavar="N", **common)
+    else:
+        section.add_argument(flag, metavar=name.upper(), choices=meta.get("choices"), **common)
 
 
 def config_overrides(args: argparse.Namespace) -> dict[str, Any]:

@@ -14,8 +14,8 @@ into the run directory:
   then reads as the balanced family it samples from);
 * ``eval/<name>.png``: the adaptation curve of every task and their mean.
 
-For MAML an adaptation step is a policy-gradient step; for RL2 it is an
-episode of the trial.
+What a unit of adaptation is comes from the learner (its ``adaptation_unit``):
+for MAML a policy-gradient step, for RL2 an episode of the trial.
 """
 
 from __future__ import annotations
@@ -30,14 +30,19 @@ from typing import Any
 
 import torch
 
-from metarl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from metarl.config import ConfigError, build_config
-from metarl.registry import UnknownEnvError
+from metarl.checkpoint import latest_checkpoint, load_checkpoint
+from metarl.cli import OneLineErrorParser, run_command
+from metarl.config import CONFIG_FIELDS, build_config
+from metarl.sampling.backends import BACKENDS
+
+PROG = "python -m metarl.evaluate"
+UNIT_NAMES = {"step": ("adaptation step", "step"), "episode": ("episode", "ep")}
+"""A learner's adaptation unit -> its name in the JSON and plot, and the table's column."""
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="python -m metarl.evaluate",
+def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
+    parser = OneLineErrorParser(
+        prog=prog,
         description="Meta-test a run: adapt on held-out tasks, print and save the returns.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
@@ -55,7 +60,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--workers", type=int, default=-1, help="rollout workers (-1 = per core)")
     parser.add_argument(
-        "--sampler", choices=("local", "ray"), help="rollout backend; default: the run's"
+        "--sampler", choices=tuple(BACKENDS), help="rollout backend; default: the run's"
     )
     parser.add_argument(
         "--ray-address", help="with --sampler ray: the cluster to join; default: the run's"
@@ -172,14 +177,16 @@ def write_outputs(out_dir: Path, name: str, per_task: torch.Tensor, meta: dict) 
 
 
 def evaluate(args: argparse.Namespace) -> int:
-    from metarl.train import restore_run
+    from metarl.run import restore_run
 
     run_dir = Path(args.run_dir)
     path = checkpoint_path(run_dir, args.checkpoint)
     state = load_checkpoint(path)
     overrides = {"workers": args.workers, "seed": state["config"]["seed"]}
     if args.sampler is not None:  # a run trained on a Ray cluster can be evaluated locally
-        overrides |= {"sampler": args.sampler, "ray_address": ""}
+        overrides["sampler"] = args.sampler
+        overrides |= {key: "" for spec in BACKENDS.values() for key in spec.options
+                      if key in CONFIG_FIELDS}  # fmt: skip
     if args.ray_address is not None:
         overrides["ray_address"] = args.ray_address
     config = build_config({**state["config"], **overrides})
@@ -193,9 +200,9 @@ def evaluate(args: argparse.Namespace) -> int:
             episodes_per_task=args.episodes or config.episodes_per_task,
             batch_key=("evaluate", args.seed),
         )
+        unit, column = UNIT_NAMES[run.learner.adaptation_unit]
     finally:
         run.sampler.close()
-    unit = "episode" if config.algo == "rl2" else "adaptation step"
     meta = {
         "run_dir": str(run_dir),
         "checkpoint": str(path),
@@ -210,7 +217,7 @@ def evaluate(args: argparse.Namespace) -> int:
         f"{config.algo} on {config.env}, checkpoint {path} (iteration {meta['iteration']}), "
         f"{len(tasks)} {args.tasks} tasks"
     )
-    print(format_table(summarise(per_task), unit="step" if config.algo != "rl2" else "ep"))
+    print(format_table(summarise(per_task), unit=column))
     meta["task_params"] = [task_as_json(task) for task in tasks]
     meta["by_distinct_task"] = by_distinct_task(tasks, per_task)
     for group in meta["by_distinct_task"]:
@@ -225,15 +232,9 @@ def evaluate(args: argparse.Namespace) -> int:
     return 0
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    try:
-        return evaluate(args)
-    except (CheckpointError, ConfigError, UnknownEnvError) as exc:
-        if args.debug:
-            raise
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    args = build_parser(prog).parse_args(argv)
+    return run_command(lambda: evaluate(args), debug=args.debug)
 
 
 if __name__ == "__main__":

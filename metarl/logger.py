@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
+import torch
 from torch.utils.tensorboard import SummaryWriter
 
 
@@ -26,6 +27,22 @@ def return_tag(prefix: str, k: int, unit: str) -> str:
     if unit == "episode":
         return f"{prefix}/return_episode_{k + 1}"
     raise ValueError(f"unit must be 'step' or 'episode', got {unit!r}")
+
+
+def adaptation_scalars(per_task: torch.Tensor, unit: str, n_probe_tasks: int) -> dict[str, float]:
+    """A meta-test's tags: ``test/`` means over tasks and the first probe tasks' own values.
+
+    Args:
+        per_task: ``[K + 1, T]`` mean return of each task after each unit of adaptation.
+        unit: ``"step"`` or ``"episode"`` (see :func:`return_tag`).
+        n_probe_tasks: how many of the tasks, from the first, get ``probe/task_i/`` tags.
+    """
+    steps = range(per_task.shape[0])
+    scalars = {return_tag("test", k, unit): float(per_task[k].mean()) for k in steps}
+    for i in range(min(n_probe_tasks, per_task.shape[1])):
+        for k in steps:
+            scalars[return_tag(f"probe/task_{i}", k, unit)] = float(per_task[k, i])
+    return scalars
 
 
 class RunLogger:

@@ -23,6 +23,7 @@ from torch.nn.utils import parameters_to_vector
 
 __all__ = [
     "ClippedSurrogate",
+    "apply_scheduled_lr",
     "LineSearchResult",
     "backtracking_line_search",
     "clipped_surrogate",
@@ -53,6 +54,15 @@ def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     would otherwise bring back the checkpoint's)."""
     for group in optimizer.param_groups:
         group["lr"] = lr
+
+
+def apply_scheduled_lr(
+    optimizer: torch.optim.Optimizer, base_lr: float, iteration: int, anneal_iterations: int
+) -> float:
+    """Set ``optimizer``'s rate to :func:`scheduled_lr` of ``iteration``; returns that rate."""
+    lr = scheduled_lr(base_lr, iteration, anneal_iterations)
+    set_learning_rate(optimizer, lr)
+    return lr
 
 
 def past_kl_target(approx_kl: float, target_kl: float) -> bool:

@@ -214,3 +214,11 @@ def make_env(name: str, *, horizon: int | None = None, **kwargs: Any) -> gymnasi
     """
     spec = resolve(name)
     return gymnasium.make(spec.gym_id, max_episode_steps=horizon or spec.horizon, **kwargs)
+
+
+def family_table() -> str:
+    """The families as an aligned text table (``metarl envs``, ``--list-envs``)."""
+    rows = [("name", "gymnasium id", "varies", "horizon", "summary")]
+    rows += [(s.name, s.gym_id, s.varies, str(s.horizon), s.summary) for s in list_families()]
+    widths = [max(len(r[i]) for r in rows) for i in range(4)]
+    return "\n".join("  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows)

@@ -314,7 +314,7 @@ def test_ppo_update_that_turns_non_finite_later_restores_the_parameters():
 
     update.optimizer.step = step_then_blow_up
     stats = update.update(data)
-    assert stats == {"ppo/rejected_nonfinite": 1.0} and update.rejected_updates == 1
+    assert stats == {"ppo/rejected_nonfinite": 1.0}  # the loop counts rejections, not the update
     for name, value in policy.state_dict().items():
         assert torch.equal(value, before[name]), name
     assert update.optimizer.state_dict()["state"] == {}

@@ -15,8 +15,9 @@ from metarl.policies.recurrent import (
     rl2_inputs,
 )
 from metarl.returns import gae_advantages
-from metarl.sampling.rollout import EnvPool
-from metarl.sampling.trials import TrialRequest, collect_trials, to_trial_batch
+from metarl.sampling.rollout import EnvPool, RolloutRequest
+from metarl.sampling.rollout import collect as collect_rollout
+from metarl.sampling.trials import to_trial_batch
 from tests.counting_env import CountingEnv, CountingTask
 
 SPEC = GRUSpec(obs_dim=6, act_dim=2, hidden_size=8)
@@ -92,12 +93,13 @@ def test_gae_runs_across_an_episode_boundary_inside_a_trial():
 
 def collect(tasks, policy, *, trials=2, episodes=3, horizon=4, seed=7):
     pool = EnvPool(CountingEnv, family="counting")
-    req = TrialRequest(
-        tasks=tasks, task_indices=range(len(tasks)), params=params_to_numpy(policy.params()),
+    params = {k: v[None] for k, v in params_to_numpy(policy.params()).items()}  # one, shared
+    req = RolloutRequest(
+        tasks=tasks, task_indices=range(len(tasks)), params=params,
         trials=trials, episodes_per_trial=episodes, horizon=horizon, seed=seed,
-        batch_key=(0, "train"),
+        batch_key=(0, "train"), noise_key=(0, "train", "trial"),
     )  # fmt: skip
-    return to_trial_batch(collect_trials(pool, SPEC, req), tuple(tasks))
+    return to_trial_batch(collect_rollout(pool, SPEC.make_actor(params), req), tuple(tasks))
 
 
 def test_trial_layout_with_an_early_end():

@@ -13,6 +13,7 @@ import torch
 from metarl.envs.half_cheetah import DirectionTask
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from metarl import run as run_assembly
 from metarl import train as train_cli
 from metarl.checkpoint import load_checkpoint, periodic_checkpoints
 from metarl.config import build_config
@@ -192,11 +193,11 @@ def test_horizon_zero_means_the_familys_default_everywhere_an_env_is_built():
     """train, baselines and the experiment scripts all build envs with make_config_env."""
     default = build_config({"env": "point-nav"})
     assert default.horizon == 0
-    assert train_cli.config_horizon(default) == 100  # point-nav's registered horizon
-    assert train_cli.make_config_env(default).spec.max_episode_steps == 100
+    assert run_assembly.config_horizon(default) == 100  # point-nav's registered horizon
+    assert run_assembly.make_config_env(default).spec.max_episode_steps == 100
     short = build_config({"env": "point-nav", "horizon": 7})
-    assert train_cli.config_horizon(short) == 7
-    assert train_cli.make_config_env(short).spec.max_episode_steps == 7
+    assert run_assembly.config_horizon(short) == 7
+    assert run_assembly.make_config_env(short).spec.max_episode_steps == 7
 
 
 def test_resume_continues_with_the_same_numbers(tmp_path):

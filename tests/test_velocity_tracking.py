@@ -6,6 +6,7 @@ import pytest
 import torch
 from experiment_scripts import load_experiment_script
 
+from metarl import run as run_assembly
 from metarl import train as train_cli
 from metarl.policies.recurrent import rl2_inputs
 
@@ -31,7 +32,7 @@ def test_the_trial_feeds_the_gru_what_training_feeds_it(rl2_run):
     script = load_experiment_script("velocity_tracking")
     _, run = script.restore(rl2_run)
     policy = run.learner.policy.eval()
-    env = train_cli.make_config_env(run.config)
+    env = run_assembly.make_config_env(run.config)
     trial = script.run_trial(policy, env, run.pools.test[0], episodes=2, seed=3)
     assert trial["actions"].shape == (20, 6) and len(trial["speeds"]) == 2
     assert trial["dones"].nonzero().flatten().tolist() == [9, 19]  # each episode's last step

@@ -24,8 +24,10 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from metarl.algos.base import IterationResult
 from metarl.functional import TaskParams, adapt, batched_log_prob, expand_params, masked_mean
-from metarl.policies.gaussian_mlp import GaussianMLPPolicy, params_to_numpy
+from metarl.options import option
+from metarl.policies.gaussian_mlp import GaussianMLPPolicy, MLPSpec, params_to_numpy
 from metarl.returns import (
     LinearFeatureBaseline,
     discount_cumsum,
@@ -36,7 +38,38 @@ from metarl.returns import (
 from metarl.sampling.batch import EpisodeBatch
 
 if TYPE_CHECKING:
+    from metarl.config import Config
     from metarl.sampling import Sampler
+
+
+@dataclass
+class MAMLOptions:
+    """MAML inner loop: the config keys every MAML variant reads."""
+
+    inner_steps: int = option(1, "policy-gradient adaptation steps per task", min=1)
+    inner_lr: float = option(0.1, "adaptation (inner) learning rate", min=0.0)
+    first_order: bool = option(False, "drop second-order terms of the meta-gradient (FOMAML)")
+    gae_lambda: float = option(1.0, "GAE lambda", min=0.0, max=1.0)
+
+
+def build_mlp_policy(config: Config, obs_dim: int, act_dim: int) -> GaussianMLPPolicy:
+    """The Gaussian MLP policy of ``config`` (``hidden_sizes``, ``activation``, ...)."""
+    spec = MLPSpec(obs_dim, act_dim, tuple(config.hidden_sizes), config.activation)
+    return GaussianMLPPolicy(spec, init_log_std=config.init_log_std, weight_init=config.weight_init)
+
+
+def build_inner_loop(config: Config, policy: GaussianMLPPolicy, sampler, device) -> MAMLInnerLoop:
+    """The :class:`MAMLInnerLoop` of ``config``'s :class:`MAMLOptions`."""
+    return MAMLInnerLoop(
+        policy,
+        sampler,
+        inner_steps=config.inner_steps,
+        inner_lr=config.inner_lr,
+        first_order=config.first_order,
+        discount=config.discount,
+        gae_lambda=config.gae_lambda,
+        device=device,
+    )
 
 
 @dataclass
@@ -182,12 +215,11 @@ class MAMLInnerLoop:
         t_sample = t_adapt = 0.0
         for k in range(adapt_steps + 1):
             start = time.perf_counter()
-            numpy_params = [
-                params_to_numpy({name: p[i] for name, p in params.items()})
-                for i in range(len(tasks))
-            ]
             batch = self.sampler.sample(
-                tasks, numpy_params, episodes_per_task=episodes_per_task, batch_key=(*batch_key, k)
+                tasks,
+                params_to_numpy(params),  # stacked: [T, ...] per parameter
+                episodes_per_task=episodes_per_task,
+                batch_key=(*batch_key, k),
             )
             t_sample += time.perf_counter() - start
             start = time.perf_counter()
@@ -233,29 +265,14 @@ class MAMLInnerLoop:
         return params
 
 
-@dataclass
-class IterationResult:
-    """What one meta-iteration reports to the training loop.
-
-    Attributes:
-        returns_per_step: mean return after k = 0..K adaptation steps (``adapt/return_step_k``).
-        env_steps: real env steps collected this iteration.
-        times: seconds per phase: ``sampling``, ``adaptation``, ``update``.
-        scalars: namespaced update statistics (``loss/...``, ``trpo/...``, ``ppo/...``).
-    """
-
-    returns_per_step: list[float]
-    env_steps: int
-    times: dict[str, float]
-    scalars: dict[str, float]
-
-
 class MAML:
     """A MAML meta-learner: the shared inner loop composed with an outer update.
 
     ``outer`` is a :class:`~metarl.algos.maml_trpo.TRPOUpdate` or
     :class:`~metarl.algos.maml_ppo.PPOUpdate`: anything with
-    ``update(data, iteration) -> dict[str, float]``, ``state_dict()`` and ``load_state_dict()``.
+    ``update(data, iteration) -> dict[str, float]``, ``state_dict()``,
+    ``load_state_dict()`` and the two scalar names ``kl_key`` (its headline KL)
+    and ``rejected_key`` (> 0 when it rejected a non-finite update).
     """
 
     adaptation_unit = "step"  # what the k of return_step_k counts
@@ -275,6 +292,8 @@ class MAML:
         scalars = self.outer.update(data, iteration)
         scalars["baseline/explained_variance"] = data.explained_variance
         return IterationResult(
+            rejected=scalars.get(self.outer.rejected_key, 0.0) > 0,
+            kl=scalars.get(self.outer.kl_key),
             returns_per_step=data.returns_per_step,
             env_steps=data.env_steps,
             times={

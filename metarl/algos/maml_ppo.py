@@ -9,16 +9,32 @@ al. 2019, "ProMP", without its inner KL penalty).
 from __future__ import annotations
 
 import copy
+from typing import TYPE_CHECKING
 
 import torch
 
-from metarl.algos.maml import AdaptationData, MAMLInnerLoop
+from metarl.algos.base import Algorithm
+from metarl.algos.maml import (
+    MAML,
+    AdaptationData,
+    MAMLInnerLoop,
+    MAMLOptions,
+    build_inner_loop,
+    build_mlp_policy,
+)
+from metarl.algos.ppo import PPOOptions, lr_anneal_iterations
 from metarl.functional import batched_log_prob, masked_mean
-from metarl.optim import clipped_surrogate, past_kl_target, scheduled_lr, set_learning_rate
+from metarl.optim import apply_scheduled_lr, clipped_surrogate, past_kl_target
+
+if TYPE_CHECKING:
+    from metarl.config import Config
 
 
 class PPOUpdate:
     """The outer update of MAML-PPO; owns the Adam optimiser of the meta-parameters."""
+
+    kl_key = "ppo/approx_kl"
+    rejected_key = "ppo/rejected_nonfinite"
 
     def __init__(
         self,
@@ -38,12 +54,10 @@ class PPOUpdate:
         self.lr = lr
         self.lr_anneal_iterations = lr_anneal_iterations  # 0 = constant (see scheduled_lr)
         self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=lr)
-        self.rejected_updates = 0
 
     def update(self, data: AdaptationData, iteration: int = 0) -> dict[str, float]:
         valid, spec = data.valid, self.policy.spec
-        lr = scheduled_lr(self.lr, iteration, self.lr_anneal_iterations)
-        set_learning_rate(self.optimizer, lr)
+        lr = apply_scheduled_lr(self.optimizer, self.lr, iteration, self.lr_anneal_iterations)
         old_log_probs = batched_log_prob(
             spec, data.old_params, valid.observations, valid.actions
         ).detach()
@@ -74,13 +88,12 @@ class PPOUpdate:
                 p.grad is None or torch.isfinite(p.grad).all() for p in self.policy.parameters()
             )
             if not (torch.isfinite(loss.detach()) and grads_finite):
-                self.rejected_updates += 1
                 self.optimizer.zero_grad()
                 with torch.no_grad():
                     for p, saved in zip(self.policy.parameters(), saved_params):
                         p.copy_(saved)
                 self.optimizer.load_state_dict(saved_optimizer)
-                return {"ppo/rejected_nonfinite": 1.0}
+                return {self.rejected_key: 1.0}
             self.optimizer.step()
             with torch.no_grad():
                 if epoch == 0:
@@ -90,8 +103,29 @@ class PPOUpdate:
         return stats
 
     def state_dict(self) -> dict:
-        return {"optimizer": self.optimizer.state_dict(), "rejected_updates": self.rejected_updates}
+        return {"optimizer": self.optimizer.state_dict()}
 
     def load_state_dict(self, state: dict) -> None:
         self.optimizer.load_state_dict(state["optimizer"])
-        self.rejected_updates = int(state.get("rejected_updates", 0))
+
+
+def build_maml_ppo(config: Config, policy, sampler, device: torch.device) -> MAML:
+    """MAML-PPO from ``config``'s :class:`MAMLOptions` and :class:`PPOOptions`."""
+    outer = PPOUpdate(
+        build_inner_loop(config, policy, sampler, device),
+        epochs=config.ppo_epochs,
+        clip=config.ppo_clip,
+        lr=config.ppo_lr,
+        target_kl=config.ppo_target_kl,
+        lr_anneal_iterations=lr_anneal_iterations(config),
+    )
+    return MAML("maml-ppo", outer.inner, outer, episodes_per_task=config.episodes_per_task)
+
+
+ALGORITHM = Algorithm(
+    name="maml-ppo",
+    summary="MAML with a clipped-surrogate (PPO) outer loop, ProMP-style",
+    option_groups=(MAMLOptions, PPOOptions),
+    build_policy=build_mlp_policy,
+    build_learner=build_maml_ppo,
+)

@@ -16,22 +16,42 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
-from metarl.algos.maml import IterationResult
-from metarl.optim import (
-    ClippedSurrogate,
-    clipped_surrogate,
-    past_kl_target,
-    scheduled_lr,
-    set_learning_rate,
-)
+from metarl.algos.base import Algorithm, IterationResult
+from metarl.algos.ppo import PPOOptions, lr_anneal_iterations
+from metarl.optim import ClippedSurrogate, apply_scheduled_lr, clipped_surrogate, past_kl_target
+from metarl.options import ConfigError, option
 from metarl.policies.gaussian_mlp import gaussian_log_prob, params_to_numpy
-from metarl.policies.recurrent import GaussianGRUPolicy, rl2_inputs
+from metarl.policies.recurrent import GaussianGRUPolicy, GRUSpec, rl2_inputs
 from metarl.returns import explained_variance, gae_advantages, normalize_advantages
 
+if TYPE_CHECKING:
+    from metarl.config import Config
+
 ENTROPY_CONST = 0.5 * math.log(2.0 * math.pi * math.e)
+
+
+@dataclass
+class RL2Options:
+    """RL2: the config keys of the recurrent policy and its trials (garage's defaults)."""
+
+    rl2_hidden_size: int = option(64, "RL2: GRU hidden size", min=1)
+    rl2_episodes_per_trial: int = option(
+        2, "RL2: consecutive episodes of one task sharing the hidden state", min=1
+    )
+    rl2_trials_per_task: int = option(4, "RL2: trials per task per meta-iteration", min=1)
+    rl2_gae_lambda: float = option(0.95, "RL2: GAE lambda over the trial", min=0.0, max=1.0)
+    rl2_bptt_chunk: int = option(
+        0, "RL2: truncated back-propagation chunk length in steps; 0 = the whole trial", min=0
+    )
+    rl2_minibatches: int = option(4, "RL2: minibatches of whole trials per PPO epoch", min=1)
+    rl2_value_coef: float = option(0.5, "RL2: weight of the value loss", min=0.0)
+    rl2_entropy_coef: float = option(0.0, "RL2: weight of the entropy bonus", min=0.0)
+    rl2_max_grad_norm: float = option(0.5, "RL2: gradient-norm clip (0 = off)", min=0.0)
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -40,7 +60,7 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 class RL2:
-    """The RL2 meta-learner (same interface as :class:`~metarl.algos.maml.MAML`)."""
+    """The RL2 meta-learner (a :class:`~metarl.algos.base.MetaLearner`)."""
 
     adaptation_unit = "episode"  # what the k of return_episode_k counts
 
@@ -90,7 +110,6 @@ class RL2:
             [p for k, p in named if not k.startswith("value_")],
             [p for k, p in named if k.startswith("value_")],
         ]
-        self.rejected_updates = 0
 
     # -- data ----------------------------------------------------------------------------
     def _sample(self, tasks: list, *, trials: int, episodes: int, batch_key: tuple):
@@ -112,8 +131,7 @@ class RL2:
         )
         t_sample = time.perf_counter() - start
         start = time.perf_counter()
-        lr = scheduled_lr(self.lr, iteration, self.lr_anneal_iterations)
-        set_learning_rate(self.optimizer, lr)
+        lr = apply_scheduled_lr(self.optimizer, self.lr, iteration, self.lr_anneal_iterations)
         scalars = self.update(batch)
         scalars["ppo/lr"] = lr
         episode_means = batch.episode_returns.mean(dim=(0, 1))  # [K]
@@ -122,6 +140,8 @@ class RL2:
             env_steps=batch.env_steps,
             times={"sampling": t_sample, "adaptation": 0.0, "update": time.perf_counter() - start},
             scalars=scalars,
+            rejected=scalars.get("ppo/rejected_nonfinite", 0.0) > 0,
+            kl=scalars["ppo/approx_kl"],
         )
 
     def meta_test(
@@ -208,7 +228,6 @@ class RL2:
         grads = [p.grad for p in self.policy.parameters() if p.grad is not None]
         if not (torch.isfinite(loss.detach()) and all(torch.isfinite(g).all() for g in grads)):
             self.optimizer.zero_grad()
-            self.rejected_updates += 1
             return None
         if self.max_grad_norm > 0:  # actor and critic apart: value gradients are far larger
             for group in self._clip_groups:
@@ -225,10 +244,55 @@ class RL2:
         return {
             "policy": self.policy.state_dict(),
             "optimizer": self.optimizer.state_dict(),
-            "rejected_updates": self.rejected_updates,
         }
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.rejected_updates = int(state.get("rejected_updates", 0))
+
+
+def build_gru_policy(config: Config, obs_dim: int, act_dim: int) -> GaussianGRUPolicy:
+    """RL2's recurrent policy (``rl2_hidden_size``, ``init_log_std``)."""
+    spec = GRUSpec(obs_dim, act_dim, config.rl2_hidden_size)
+    return GaussianGRUPolicy(spec, init_log_std=config.init_log_std)
+
+
+def build_rl2(config: Config, policy: GaussianGRUPolicy, sampler, device: torch.device) -> RL2:
+    """RL2 from ``config``'s :class:`RL2Options` and :class:`PPOOptions`."""
+    return RL2(
+        policy,
+        sampler,
+        trials_per_task=config.rl2_trials_per_task,
+        episodes_per_trial=config.rl2_episodes_per_trial,
+        discount=config.discount,
+        gae_lambda=config.rl2_gae_lambda,
+        epochs=config.ppo_epochs,
+        clip=config.ppo_clip,
+        lr=config.ppo_lr,
+        target_kl=config.ppo_target_kl,
+        minibatches=config.rl2_minibatches,
+        value_coef=config.rl2_value_coef,
+        entropy_coef=config.rl2_entropy_coef,
+        max_grad_norm=config.rl2_max_grad_norm,
+        bptt_chunk=config.rl2_bptt_chunk,
+        device=device,
+        lr_anneal_iterations=lr_anneal_iterations(config),
+    )
+
+
+def validate_rl2(config: Config) -> None:
+    if config.weight_init != "torch":
+        raise ConfigError(
+            f"config key 'weight_init': {config.weight_init!r} applies to the MLP policy of "
+            "MAML; RL2's GRU policy keeps torch's initialisation (use 'torch')"
+        )
+
+
+ALGORITHM = Algorithm(
+    name="rl2",
+    summary="RL2: a recurrent PPO policy that adapts within a trial of episodes",
+    option_groups=(PPOOptions, RL2Options),
+    build_policy=build_gru_policy,
+    build_learner=build_rl2,
+    validate=validate_rl2,
+)

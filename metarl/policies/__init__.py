@@ -6,7 +6,6 @@ from metarl.policies.gaussian_mlp import (
     gaussian_log_prob,
     numpy_mean,
     params_to_numpy,
-    stack_numpy_params,
 )
 
 __all__ = [
@@ -15,5 +14,4 @@ __all__ = [
     "gaussian_log_prob",
     "numpy_mean",
     "params_to_numpy",
-    "stack_numpy_params",
 ]

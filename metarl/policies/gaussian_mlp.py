@@ -2,8 +2,8 @@
 
 The learner uses :class:`GaussianMLPPolicy` in torch. Rollout workers never see
 the module: they receive a :class:`MLPSpec` (architecture, picklable) and
-parameter arrays, and run :func:`numpy_mean` — at rollout batch sizes a numpy
-MLP is several times cheaper than a torch forward (see ``shared/MEASURED.md``).
+parameter arrays, and run :class:`NumpyMLPActor` (:func:`numpy_mean`): at
+rollout batch sizes a numpy MLP is several times cheaper than a torch forward.
 """
 
 from __future__ import annotations
@@ -39,6 +39,20 @@ class MLPSpec:
     @property
     def n_layers(self) -> int:
         return len(self.hidden_sizes) + 1
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each parameter's shape, by the names of :meth:`GaussianMLPPolicy.named_parameters`."""
+        sizes = (self.obs_dim, *self.hidden_sizes, self.act_dim)
+        shapes: dict[str, tuple[int, ...]] = {}
+        for i in range(self.n_layers):
+            shapes[f"layers.{i}.weight"] = (sizes[i + 1], sizes[i])
+            shapes[f"layers.{i}.bias"] = (sizes[i + 1],)
+        shapes["log_std"] = (self.act_dim,)
+        return shapes
+
+    def make_actor(self, params: Mapping[str, np.ndarray]) -> NumpyMLPActor:
+        """The rollout actor of these parameters (stacked ``[Tb, ...]`` or shared ``[1, ...]``)."""
+        return NumpyMLPActor(self, params)
 
 
 Params = dict[str, torch.Tensor]
@@ -132,11 +146,6 @@ def params_to_numpy(params: Mapping[str, torch.Tensor]) -> dict[str, np.ndarray]
     return {k: v.detach().to("cpu", torch.float64).numpy().copy() for k, v in params.items()}
 
 
-def stack_numpy_params(per_task: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    """Stack per-task parameter dicts along a new leading task axis ``[T, ...]``."""
-    return {k: np.stack([p[k] for p in per_task]) for k in per_task[0]}
-
-
 def numpy_mean(spec: MLPSpec, stacked: Mapping[str, np.ndarray], obs: np.ndarray) -> np.ndarray:
     """Action means for many tasks at once, each with its own parameters.
 
@@ -155,3 +164,38 @@ def numpy_mean(spec: MLPSpec, stacked: Mapping[str, np.ndarray], obs: np.ndarray
         if i < spec.n_layers - 1:
             x = np.maximum(x, 0.0) if spec.activation == "relu" else np.tanh(x)
     return x
+
+
+class NumpyMLPActor:
+    """Per-task Gaussian MLP policies for a block of tasks, evaluated in one batch.
+
+    ``params``: numpy arrays stacked over the block's tasks (leading axis ``Tb``)
+    or one shared policy (leading axis 1, broadcast to every task). Stateless:
+    :meth:`observe` does nothing. Each task's sub-envs go through one matrix
+    product per layer (``[per_task, in] @ [in, out]``), whatever the block, so a
+    batch is the same for any number of workers.
+    """
+
+    def __init__(self, spec: MLPSpec, params: Mapping[str, np.ndarray]) -> None:
+        self.spec = spec
+        self.params = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
+        self.n_policies = self.params["log_std"].shape[0]
+
+    def start(self, t0: int, t1: int, per_task: int) -> None:
+        self._shape = (t1 - t0, per_task)
+        if self.n_policies == 1:
+            self._wave = self.params
+        else:
+            self._wave = {k: v[t0:t1] for k, v in self.params.items()}
+
+    def act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``obs [n, D]`` -> mean ``[n, A]``, log-std ``[tc * per_task or 1, A]``."""
+        tc, per_task = self._shape
+        mean = numpy_mean(self.spec, self._wave, obs.reshape(tc, per_task, -1))
+        log_std = self._wave["log_std"]
+        if log_std.shape[0] > 1:
+            log_std = np.repeat(log_std, per_task, axis=0)
+        return mean.reshape(tc * per_task, -1), log_std
+
+    def observe(self, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray) -> None:
+        """Nothing to remember: the MLP sees only the current observation."""

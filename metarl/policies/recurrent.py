@@ -9,8 +9,8 @@ the value loss (returns of order 10-100) swamp the policy gradient in the
 shared features, and point-nav did not learn.
 
 The learner uses :class:`GaussianGRUPolicy` (torch); rollout workers use
-:class:`NumpyGRUActor`-style code through :func:`numpy_gru_step`, which
-implements exactly ``torch.nn.GRU``'s equations on numpy arrays.
+:class:`NumpyGRUActor`, whose :func:`numpy_gru_step` implements exactly
+``torch.nn.GRU``'s equations on numpy arrays.
 """
 
 from __future__ import annotations
@@ -35,6 +35,23 @@ class GRUSpec:
     def input_dim(self) -> int:
         """obs, previous action, previous reward, previous done."""
         return self.obs_dim + self.act_dim + 2
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """The acting parameters' shapes (:meth:`GaussianGRUPolicy.params`: not the critic)."""
+        h = self.hidden_size
+        return {
+            "gru.weight_ih_l0": (3 * h, self.input_dim),
+            "gru.weight_hh_l0": (3 * h, h),
+            "gru.bias_ih_l0": (3 * h,),
+            "gru.bias_hh_l0": (3 * h,),
+            "mean_head.weight": (self.act_dim, h),
+            "mean_head.bias": (self.act_dim,),
+            "log_std": (self.act_dim,),
+        }
+
+    def make_actor(self, params: Mapping[str, np.ndarray]) -> NumpyGRUActor:
+        """The rollout actor of one shared policy (arrays with a leading axis of 1)."""
+        return NumpyGRUActor(self, params)
 
 
 def rl2_inputs(
@@ -112,7 +129,8 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 
 def numpy_gru_step(params: Mapping[str, np.ndarray], x: np.ndarray, h: np.ndarray) -> np.ndarray:
-    """One ``torch.nn.GRU`` step on numpy arrays: ``x [B, in]``, ``h [B, H]`` -> ``[B, H]``."""
+    """One ``torch.nn.GRU`` step on numpy arrays: ``x [..., B, in]``, ``h [..., B, H]`` ->
+    ``[..., B, H]``."""
     gi = x @ params["gru.weight_ih_l0"].T + params["gru.bias_ih_l0"]
     gh = h @ params["gru.weight_hh_l0"].T + params["gru.bias_hh_l0"]
     i_r, i_z, i_n = np.split(gi, 3, axis=-1)
@@ -124,5 +142,42 @@ def numpy_gru_step(params: Mapping[str, np.ndarray], x: np.ndarray, h: np.ndarra
 
 
 def numpy_gru_mean(params: Mapping[str, np.ndarray], h: np.ndarray) -> np.ndarray:
-    """Action mean from hidden states: ``[B, H] -> [B, A]``."""
+    """Action mean from hidden states: ``[..., B, H] -> [..., B, A]``."""
     return h @ params["mean_head.weight"].T + params["mean_head.bias"]
+
+
+class NumpyGRUActor:
+    """RL2's policy in the rollout loop: a hidden state per sub-env, kept across the
+    episodes of a trial and zeroed when a wave of trials starts.
+
+    At step t the GRU sees ``[obs_t, a_{t-1}, r_{t-1}, done_{t-1}]`` (zeros at the
+    trial start), exactly what :func:`rl2_inputs` rebuilds from the recorded trial.
+    Each task's sub-envs go through their own matrix products (``[per_task, in]``),
+    so a batch is the same for any number of workers.
+    """
+
+    def __init__(self, spec: GRUSpec, params: Mapping[str, np.ndarray]) -> None:
+        if any(np.shape(v)[0] != 1 for v in params.values()):
+            raise ValueError("the RL2 actor runs one policy shared by every task (leading axis 1)")
+        self.spec = spec
+        self.params = {k: np.asarray(v, dtype=np.float64)[0] for k, v in params.items()}
+
+    def start(self, t0: int, t1: int, per_task: int) -> None:
+        self._shape = (t1 - t0, per_task)
+        n = (t1 - t0) * per_task
+        self.hidden = np.zeros((t1 - t0, per_task, self.spec.hidden_size))
+        self.previous = np.zeros((n, self.spec.act_dim + 2))  # action, reward, done
+
+    def act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``obs [n, D]`` -> mean ``[n, A]``, log-std ``[1, A]``; advances the hidden state."""
+        tc, per_task = self._shape
+        x = np.concatenate([obs, self.previous], axis=1).reshape(tc, per_task, -1)
+        self.hidden = numpy_gru_step(self.params, x, self.hidden)
+        mean = numpy_gru_mean(self.params, self.hidden).reshape(tc * per_task, -1)
+        return mean, self.params["log_std"][None, :]
+
+    def observe(self, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray) -> None:
+        a = self.spec.act_dim
+        self.previous[:, :a] = actions
+        self.previous[:, a] = rewards
+        self.previous[:, a + 1] = dones

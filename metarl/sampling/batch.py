@@ -24,7 +24,7 @@ never auto-reset, so there is no reward-0 step after an end.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 import torch
 
@@ -72,20 +72,3 @@ class EpisodeBatch:
     @property
     def horizon(self) -> int:
         return int(self.rewards.shape[2])
-
-    def to(self, device: torch.device | str) -> EpisodeBatch:
-        """A copy with every tensor on ``device`` (tasks are shared)."""
-        moved = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            moved[f.name] = value.to(device) if isinstance(value, torch.Tensor) else value
-        return EpisodeBatch(**moved)
-
-    def task_slice(self, index: int | slice) -> EpisodeBatch:
-        """The episodes of one task (kept as a batch with T = 1) or of a range of tasks."""
-        sl = slice(index, index + 1) if isinstance(index, int) else index
-        out = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            out[f.name] = value[sl] if value is not None else None
-        return EpisodeBatch(**out)

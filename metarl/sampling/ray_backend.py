@@ -40,9 +40,9 @@ import time
 import traceback
 from typing import Any
 
+from metarl.sampling.backends import Blocks, describe_block, rollout_error
 from metarl.sampling.batch import SamplerError
 from metarl.sampling.rollout import RolloutFailure
-from metarl.sampling.sampler import Blocks, describe_block, rollout_error
 from metarl.sampling.worker import SINGLE_THREAD_ENV, WorkerInit, make_pool, run_request
 
 log = logging.getLogger("metarl.sampling")
@@ -134,7 +134,7 @@ class RayBackend:
         init: WorkerInit,
         *,
         workers: int | None,
-        address: str | None = None,
+        ray_address: str | None = None,
         max_retries: int = 3,
         start_timeout: float = 300.0,
         timeout: float | None = None,
@@ -148,7 +148,7 @@ class RayBackend:
         self.max_retries = int(max_retries)
         self.timeout = timeout
         self.start_timeout = start_timeout
-        _acquire(ray, address, workers)
+        _acquire(ray, ray_address, workers)
         self._acquired = True
         self._actors: list[Any] = []
         try:

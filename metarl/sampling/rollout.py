@@ -24,13 +24,13 @@ import contextlib
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import gymnasium
 import numpy as np
 from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
 
-from metarl.policies.gaussian_mlp import LOG_2PI, MLPSpec, numpy_mean
+from metarl.policies.gaussian_mlp import LOG_2PI
 from metarl.seeding import derive_rng, derive_seed
 
 PASSIVE_WRAPPERS = (TimeLimit, OrderEnforcing, PassiveEnvChecker)
@@ -68,34 +68,41 @@ def describe_task(family: str, task_index: int, task: Any, episode: int | None =
     return where if episode is None else f"{where}, episode {episode}"
 
 
-# -- policy ------------------------------------------------------------------------
-class GaussianMLPActor:
-    """Per-task Gaussian MLP policies for a block of tasks, evaluated in one batch.
+# -- the policy side ---------------------------------------------------------------
+class Actor(Protocol):
+    """What the rollout loop asks for actions (numpy only; made by a policy spec).
 
-    The only object the rollout loop asks for actions; a recurrent policy (RL²)
-    would replace it with one that keeps a hidden state per sub-env
-    (``start`` would reset it, ``mean_log_std`` would carry it).
-
-    ``params``: numpy arrays stacked over the block's tasks (leading axis ``Tb``)
-    or over one shared policy (leading axis 1, broadcast to every task).
+    A wave of ``n = (t1 - t0) * per_task`` sub-envs is laid out task-major: sub-env
+    ``k`` runs block task ``t0 + k // per_task``. Observations arrive as float64
+    arrays of float32 values (what the batch records, so the learner sees the same).
     """
 
-    def __init__(self, spec: MLPSpec, params: Mapping[str, np.ndarray]) -> None:
-        self.spec = spec
-        self.params = {k: np.asarray(v, dtype=np.float64) for k, v in params.items()}
-        self.n_policies = self.params["log_std"].shape[0]
+    def start(self, t0: int, t1: int, per_task: int) -> None:
+        """A new wave of trials of block tasks ``t0:t1`` begins; any state is zeroed."""
 
-    def start(self, t0: int, t1: int, n_episodes: int) -> None:
-        """A new wave of episodes of tasks ``t0:t1`` (block-relative) begins."""
-        if self.n_policies == 1:
-            self._wave = self.params
-        else:
-            self._wave = {k: v[t0:t1] for k, v in self.params.items()}
+    def act(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``obs [n, D]`` -> action mean ``[n, A]`` and log-std ``[n or 1, A]``."""
+        ...
 
-    def mean_log_std(self, obs: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``obs [tc, ec, D]`` -> mean ``[tc, ec, A]``, log_std ``[tc or 1, 1, A]``."""
-        mean = numpy_mean(self.spec, self._wave, obs)
-        return mean, self._wave["log_std"][:, None, :]
+    def observe(self, actions: np.ndarray, rewards: np.ndarray, dones: np.ndarray) -> None:
+        """After each step: ``actions [n, A]``, ``rewards [n]``, ``dones [n]`` (an episode
+        of the trial ended). Rows of finished trials carry no meaning."""
+
+
+class PolicySpec(Protocol):
+    """A policy architecture the sampler can run (picklable): :class:`~metarl.policies.MLPSpec`,
+    :class:`~metarl.policies.recurrent.GRUSpec`, or a plug-in's own."""
+
+    obs_dim: int
+    act_dim: int
+
+    def param_shapes(self) -> dict[str, tuple[int, ...]]:
+        """Each parameter array's shape (for one policy, without a task axis)."""
+        ...
+
+    def make_actor(self, params: Mapping[str, np.ndarray]) -> Actor:
+        """The actor of parameters with a leading task axis (``Tb``, or 1 if shared)."""
+        ...
 
 
 # -- envs --------------------------------------------------------------------------
@@ -157,64 +164,81 @@ class EnvPool:
 
 # -- the rollout loop -----------------------------------------------------------------
 @dataclass
-class BlockRequest:
-    """One worker's share of a sample() call: a contiguous block of tasks."""
+class RolloutRequest:
+    """One worker's share of a call: a contiguous block of tasks, each run as trials.
+
+    Randomness: episode ``j`` of trial ``r`` of (global) task ``i`` resets with
+    ``reset_seed(seed, batch_key, i, r * K + j)``; the trial's action noise is
+    ``noise_rng(seed, noise_key, i, r)``. The episode sampler uses
+    ``noise_key = batch_key``; RL2's trials append ``"trial"`` so the two never share noise.
+    """
 
     tasks: Sequence[Any]
     task_indices: Sequence[int]  # global indices into the call's task list
     params: Mapping[str, np.ndarray]  # stacked [Tb, ...] or shared [1, ...]
-    episodes: int
+    trials: int  # per task; the episodes per task when episodes_per_trial == 1
+    episodes_per_trial: int
     horizon: int
     seed: int
     batch_key: tuple
+    noise_key: tuple
 
 
-def _waves(n_tasks: int, episodes: int, max_envs: int) -> list[tuple[int, int, int, int]]:
-    """Rectangles (t0, t1, e0, e1) covering [n_tasks, episodes], each <= max_envs sub-envs."""
-    ec = min(episodes, max(1, max_envs))
-    tc = max(1, max_envs // ec)
+def _waves(n_tasks: int, trials: int, max_envs: int) -> list[tuple[int, int, int, int]]:
+    """Rectangles (t0, t1, r0, r1) covering [n_tasks, trials], each <= max_envs sub-envs."""
+    rc = min(trials, max(1, max_envs))
+    tc = max(1, max_envs // rc)
     return [
-        (t0, min(t0 + tc, n_tasks), e0, min(e0 + ec, episodes))
+        (t0, min(t0 + tc, n_tasks), r0, min(r0 + rc, trials))
         for t0 in range(0, n_tasks, tc)
-        for e0 in range(0, episodes, ec)
+        for r0 in range(0, trials, rc)
     ]
 
 
 def collect(
     pool: EnvPool,
-    actor: GaussianMLPActor,
-    req: BlockRequest,
+    actor: Actor,
+    req: RolloutRequest,
     *,
     max_envs: int = 256,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict[str, np.ndarray]:
-    """Run every episode of ``req`` and return the block's arrays (task-major, padded).
+    """Run every trial of ``req``; return the block's arrays (task-major, zero-padded).
 
-    ``should_stop`` is polled every few steps (a worker passes "is my parent
-    gone?"); when it returns True the call is abandoned.
+    Shapes, with ``Tb`` tasks, ``R`` trials, ``K`` episodes per trial, ``L = K * horizon``:
+    ``observations [Tb, R, L, D]``, ``actions [Tb, R, L, A]``, ``rewards``, ``log_probs``
+    ``[Tb, R, L]`` (float32); ``terminated``, ``dones`` ``[Tb, R, L]`` (bool: the env
+    terminated / an episode ended at that step); ``lengths [Tb, R]``;
+    ``episode_returns [Tb, R, K]`` (float32), ``episode_lengths [Tb, R, K]``;
+    ``final_observations [Tb, R, D]`` (after the trial's last step).
+
+    ``should_stop`` is polled every 16 steps (a worker passes "is my parent gone?");
+    when it returns True the call is abandoned.
     """
-    tb, ep, h, d, a = len(req.tasks), req.episodes, req.horizon, pool.obs_dim, pool.act_dim
+    tb, r, k = len(req.tasks), req.trials, req.episodes_per_trial
+    length, d, a = k * req.horizon, pool.obs_dim, pool.act_dim
     out = {
-        "observations": np.zeros((tb, ep, h, d), np.float32),
-        "actions": np.zeros((tb, ep, h, a), np.float32),
-        "rewards": np.zeros((tb, ep, h), np.float32),
-        "log_probs": np.zeros((tb, ep, h), np.float32),
-        "terminated": np.zeros((tb, ep, h), bool),
-        "lengths": np.zeros((tb, ep), np.int64),
-        "final_observations": np.zeros((tb, ep, d), np.float32),
+        "observations": np.zeros((tb, r, length, d), np.float32),
+        "actions": np.zeros((tb, r, length, a), np.float32),
+        "rewards": np.zeros((tb, r, length), np.float32),
+        "log_probs": np.zeros((tb, r, length), np.float32),
+        "terminated": np.zeros((tb, r, length), bool),
+        "dones": np.zeros((tb, r, length), bool),
+        "lengths": np.zeros((tb, r), np.int64),
+        "episode_returns": np.zeros((tb, r, k), np.float32),
+        "episode_lengths": np.zeros((tb, r, k), np.int64),
+        "final_observations": np.zeros((tb, r, d), np.float32),
     }
-    for t0, t1, e0, e1 in _waves(tb, ep, max_envs):
-        _collect_wave(pool, actor, req, out, t0, t1, e0, e1, should_stop)
-    mask = np.arange(h)[None, None, :] < out["lengths"][:, :, None]
-    for key in ("observations", "actions"):
-        out[key][~mask] = 0.0
-    for key in ("rewards", "log_probs"):
+    for t0, t1, r0, r1 in _waves(tb, r, max_envs):
+        _collect_wave(pool, actor, req, out, (t0, t1, r0, r1), should_stop)
+    mask = np.arange(length)[None, None, :] < out["lengths"][:, :, None]
+    for key in ("observations", "actions", "rewards", "log_probs"):
         out[key][~mask] = 0.0
     out["terminated"] &= mask
     return out
 
 
-def _call_env(fn: Callable, req: BlockRequest, family: str, ti: int, e: int, what: str) -> Any:
+def _call_env(fn: Callable, req: RolloutRequest, family: str, ti: int, e: int, what: str) -> Any:
     try:
         return fn()
     except Exception as exc:  # noqa: BLE001 - reported with the task, never swallowed
@@ -226,98 +250,114 @@ def _call_env(fn: Callable, req: BlockRequest, family: str, ti: int, e: int, wha
 
 def _collect_wave(
     pool: EnvPool,
-    actor: GaussianMLPActor,
-    req: BlockRequest,
+    actor: Actor,
+    req: RolloutRequest,
     out: dict[str, np.ndarray],
-    t0: int,
-    t1: int,
-    e0: int,
-    e1: int,
-    should_stop: Callable[[], bool] | None = None,
+    wave: tuple[int, int, int, int],
+    should_stop: Callable[[], bool] | None,
 ) -> None:
-    tc, ec, h, d, a = t1 - t0, e1 - e0, req.horizon, pool.obs_dim, pool.act_dim
-    n = tc * ec
+    t0, t1, r0, r1 = wave
+    tc, rc, h, k = t1 - t0, r1 - r0, req.horizon, req.episodes_per_trial
+    n, length, d, a = tc * rc, k * h, pool.obs_dim, pool.act_dim
     envs = pool.get(n)
     family = pool.family
-    # sub-env k runs task t0 + k // ec, episode e0 + k % ec (task-major)
-    sub = [(t0 + k // ec, e0 + k % ec) for k in range(n)]
+    # sub-env j runs task t0 + j // rc, trial r0 + j % rc (task-major)
+    sub = [(t0 + j // rc, r0 + j % rc) for j in range(n)]
+    episode = np.zeros(n, np.int64)  # the running episode of each trial
+    episode_t = np.zeros(n, np.int64)  # steps into it
+
+    def episode_of(j: int) -> int:
+        """The episode's index among its task's episodes (what its reset seed keys on)."""
+        return int(sub[j][1] * k + episode[j])
+
+    def reset(j: int) -> np.ndarray:
+        ti = sub[j][0]
+        seed = reset_seed(req.seed, req.batch_key, req.task_indices[ti], episode_of(j))
+        obs, _ = _call_env(lambda: envs[j].reset(seed=seed), req, family, ti, episode_of(j),
+                           "reset")  # fmt: skip
+        return np.asarray(obs, dtype=np.float64).reshape(-1)
+
     obs = np.zeros((n, d), np.float64)
-    noise = np.empty((n, h, a), np.float64)
-    for k, (ti, e) in enumerate(sub):
+    noise = np.empty((n, length, a), np.float64)
+    for j, (ti, trial) in enumerate(sub):
+        task = req.tasks[ti]
+        _call_env(lambda j=j, task=task: envs[j].unwrapped.set_task(task), req, family, ti,
+                  episode_of(j), "set_task")  # fmt: skip
+        obs[j] = reset(j)
         gi = req.task_indices[ti]
-        env = envs[k]
-        _call_env(
-            lambda env=env, ti=ti: env.unwrapped.set_task(req.tasks[ti]),
-            req,
-            family,
-            ti,
-            e,
-            "set_task",
-        )
-        seed = reset_seed(req.seed, req.batch_key, gi, e)
-        o, _ = _call_env(lambda env=env, s=seed: env.reset(seed=s), req, family, ti, e, "reset")
-        obs[k] = np.asarray(o, dtype=np.float64).reshape(-1)
-        noise[k] = noise_rng(req.seed, req.batch_key, gi, e).standard_normal((h, a))
+        noise[j] = noise_rng(req.seed, req.noise_key, gi, trial).standard_normal((length, a))
     _check_finite(obs, None, np.ones(n, bool), sub, req, family, -1)
 
-    actor.start(t0, t1, ec)
+    actor.start(t0, t1, rc)
     active = np.ones(n, bool)
-    lengths = np.full(n, h, np.int64)
-    term = np.zeros((n, h), bool)
-    obs_out = out["observations"][t0:t1, e0:e1]  # views into the block arrays
-    act_out = out["actions"][t0:t1, e0:e1]
-    rew_out = out["rewards"][t0:t1, e0:e1]
-    logp_out = out["log_probs"][t0:t1, e0:e1]
+    lengths = np.full(n, length, np.int64)
+    term = np.zeros((n, length), bool)
+    dones = np.zeros((n, length), bool)
+    episode_returns = np.zeros((n, k), np.float32)
+    episode_lengths = np.zeros((n, k), np.int64)
     final = np.zeros((n, d), np.float32)
+    obs_out = out["observations"][t0:t1, r0:r1]  # views into the block arrays
+    act_out = out["actions"][t0:t1, r0:r1]
+    rew_out = out["rewards"][t0:t1, r0:r1]
+    logp_out = out["log_probs"][t0:t1, r0:r1]
     rew = np.zeros(n, np.float64)
     low, high, act_dtype = pool.low, pool.high, pool.action_dtype
-    for t in range(h):
+    for t in range(length):
         if should_stop is not None and t % 16 == 0 and should_stop():
             raise RolloutFailure("abort", "sampling was abandoned (the learner process is gone)")
         obs32 = obs.astype(np.float32)
-        obs_out[:, :, t] = obs32.reshape(tc, ec, d)
-        mean, log_std = actor.mean_log_std(obs32.astype(np.float64).reshape(tc, ec, d))
+        obs_out[:, :, t] = obs32.reshape(tc, rc, d)
+        mean, log_std = actor.act(obs32.astype(np.float64))
         std = np.exp(log_std)
-        act = (mean + std * noise[:, t].reshape(tc, ec, a)).astype(np.float32)
+        act = (mean + std * noise[:, t]).astype(np.float32)
         z = (act.astype(np.float64) - mean) / std
-        logp = (-0.5 * z * z - log_std - 0.5 * LOG_2PI).sum(-1)
-        act_out[:, :, t] = act
-        logp_out[:, :, t] = logp
-        env_act = np.clip(act.reshape(n, a), low, high).astype(act_dtype, copy=False)
+        act_out[:, :, t] = act.reshape(tc, rc, a)
+        logp_out[:, :, t] = (-0.5 * z * z - log_std - 0.5 * LOG_2PI).sum(-1).reshape(tc, rc)
+        env_act = np.clip(act, low, high).astype(act_dtype, copy=False)
         idx = np.flatnonzero(active)
-        done = np.zeros(n, bool)
-        for k in idx:
+        ended = np.zeros(n, bool)
+        for j in idx:
             try:
-                o, r, terminated, truncated, _ = envs[k].step(env_act[k])
+                o, r, terminated, truncated, _ = envs[j].step(env_act[j])
             except Exception as exc:  # noqa: BLE001 - reported with the task
-                ti, e = sub[k]
-                where = describe_task(family, req.task_indices[ti], req.tasks[ti], e)
+                ti = sub[j][0]
+                where = describe_task(family, req.task_indices[ti], req.tasks[ti], episode_of(j))
                 raise RolloutFailure(
                     "env",
-                    f"step {t} raised {type(exc).__name__}: {exc} [{where}]",
+                    f"step {episode_t[j]} raised {type(exc).__name__}: {exc} [{where}]",
                     traceback.format_exc(),
                 ) from exc
-            obs[k] = o
-            rew[k] = r
-            if terminated:
-                term[k, t] = True
-                done[k] = True
-            elif truncated:
-                done[k] = True
+            obs[j] = o
+            rew[j] = r
+            term[j, t] = bool(terminated)
+            ended[j] = bool(terminated or truncated) or episode_t[j] + 1 == h
         _check_finite(obs, rew, active, sub, req, family, t)
-        rew_out[:, :, t] = rew.reshape(tc, ec)
-        if t == h - 1:
-            done[idx] = True
-        ended = idx[done[idx]]
-        if ended.size:
-            lengths[ended] = t + 1
-            final[ended] = obs[ended]
-            active[ended] = False
-            if not active.any():
-                break
-    out["lengths"][t0:t1, e0:e1] = lengths.reshape(tc, ec)
-    out["terminated"][t0:t1, e0:e1] = term.reshape(tc, ec, h)
-    out["final_observations"][t0:t1, e0:e1] = final.reshape(tc, ec, d)
+        rew32 = rew.astype(np.float32)
+        rew_out[:, :, t] = rew32.reshape(tc, rc)
+        episode_returns[idx, episode[idx]] += rew32[idx]
+        episode_t[idx] += 1
+        actor.observe(act, rew32.astype(np.float64), ended)
+        for j in np.flatnonzero(ended):
+            dones[j, t] = True
+            episode_lengths[j, episode[j]] = episode_t[j]
+            episode[j] += 1
+            episode_t[j] = 0
+            if episode[j] == k:
+                active[j] = False
+                lengths[j] = t + 1
+                final[j] = obs[j]
+            else:  # the trial goes on with the next episode, the actor's state kept
+                obs[j] = reset(j)
+                _check_finite(obs, None, active, sub, req, family, -1)
+        if not active.any():
+            break
+    block = (slice(t0, t1), slice(r0, r1))
+    out["lengths"][block] = lengths.reshape(tc, rc)
+    out["terminated"][block] = term.reshape(tc, rc, length)
+    out["dones"][block] = dones.reshape(tc, rc, length)
+    out["episode_returns"][block] = episode_returns.reshape(tc, rc, k)
+    out["episode_lengths"][block] = episode_lengths.reshape(tc, rc, k)
+    out["final_observations"][block] = final.reshape(tc, rc, d)
 
 
 def _check_finite(obs, rew, active, sub, req, family, t) -> None:

@@ -2,7 +2,7 @@
 
 Protocol over one ``multiprocessing`` pipe, one message per *call*, never per step:
 
-* learner -> worker: ``("sample", call_id, BlockRequest | TrialRequest)`` or ``("close",)``;
+* learner -> worker: ``("sample", call_id, RolloutRequest)`` or ``("close",)``;
 * worker -> learner: ``("ready", info)`` once after start-up (or
   ``("init_error", message, traceback)``), then per request
   ``("result", call_id, arrays, busy_s)`` or ``("error", call_id, kind, message, traceback)``.
@@ -22,17 +22,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from metarl.policies.gaussian_mlp import MLPSpec
-from metarl.policies.recurrent import GRUSpec
 from metarl.registry import FamilySpec, register_family, resolve
-from metarl.sampling.rollout import (
-    BlockRequest,
-    EnvPool,
-    GaussianMLPActor,
-    RolloutFailure,
-    collect,
-)
-from metarl.sampling.trials import TrialRequest, collect_trials
+from metarl.sampling.rollout import EnvPool, PolicySpec, RolloutFailure, RolloutRequest, collect
 
 # BLAS threads would fight the other workers for the cores; set in the child's
 # environment before numpy is imported there.
@@ -52,7 +43,7 @@ class WorkerInit:
     family: FamilySpec
     horizon: int
     env_kwargs: dict
-    spec: MLPSpec | GRUSpec
+    spec: PolicySpec
     fast: bool
     max_envs: int
     parent_pid: int
@@ -68,15 +59,13 @@ def ignore_stop_signals() -> dict:
 
 def run_request(
     pool: EnvPool,
-    spec: MLPSpec | GRUSpec,
-    req: BlockRequest | TrialRequest,
+    spec: PolicySpec,
+    req: RolloutRequest,
     max_envs: int,
     should_stop: Callable[[], bool] | None = None,
 ) -> dict:
-    """Collect one request: episodes of per-task MLP policies, or RL2 trials of a GRU policy."""
-    if isinstance(req, TrialRequest):
-        return collect_trials(pool, spec, req, max_envs=max_envs, should_stop=should_stop)
-    actor = GaussianMLPActor(spec, req.params)
+    """Collect one request with the actor ``spec`` makes of its parameters."""
+    actor = spec.make_actor(req.params)
     return collect(pool, actor, req, max_envs=max_envs, should_stop=should_stop)
 
 

@@ -1,0 +1,101 @@
+"""The meta-learner protocol, what one iteration reports, and what an algorithm registers.
+
+The training loop (:mod:`metarl.loop`) and the evaluator (:mod:`metarl.evaluate`)
+speak only to :class:`MetaLearner`; an algorithm is one module that defines a
+learner class, its config key groups and an :class:`Algorithm` entry, plus one
+line in :mod:`metarl.algos.registry`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import torch
+
+if TYPE_CHECKING:
+    from metarl.config import Config
+    from metarl.sampling import Sampler
+
+AdaptationUnit = Literal["step", "episode"]
+
+
+@dataclass
+class IterationResult:
+    """What one meta-iteration reports to the training loop.
+
+    Attributes:
+        returns_per_step: mean return after k = 0..K units of adaptation
+            (``adapt/return_step_k``, or ``adapt/return_episode_{k+1}`` for RL2).
+        env_steps: real env steps collected this iteration.
+        times: seconds per phase, e.g. ``sampling``, ``adaptation``, ``update``.
+        scalars: namespaced update statistics (``loss/...``, ``trpo/...``, ``ppo/...``).
+        rejected: the update was rejected (a non-finite loss or gradient; the
+            parameters are as they were). The loop counts these and stops a run
+            after ``max_consecutive_rejections`` in a row.
+        kl: the headline KL of the update for the progress line (TRPO's KL after the
+            line search, PPO's approximate KL), or ``None``.
+    """
+
+    returns_per_step: list[float]
+    env_steps: int
+    times: dict[str, float]
+    scalars: dict[str, float]
+    rejected: bool = False
+    kl: float | None = None
+
+
+class MetaLearner(Protocol):
+    """What every meta-learner offers; the loop and the evaluator use nothing else.
+
+    ``adaptation_unit`` says what the k of the return tags counts: ``"step"`` (a
+    policy-gradient step: k = 0 is before adapting) or ``"episode"`` (the k-th
+    episode of a trial, k = 1..K, for learners that adapt within a trial).
+    """
+
+    name: str
+    adaptation_unit: AdaptationUnit
+
+    def train_iteration(self, tasks: list, iteration: int) -> IterationResult:
+        """One meta-iteration on the meta-batch ``tasks`` (``iteration`` is 0-based)."""
+        ...
+
+    def meta_test(
+        self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
+    ) -> torch.Tensor:
+        """Mean return of each task after each unit of adaptation: ``[adapt_steps + 1, T]``."""
+        ...
+
+    def state_dict(self) -> dict:
+        """Everything a checkpoint needs to resume the learner exactly."""
+        ...
+
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+PolicyBuilder = Callable[["Config", int, int], torch.nn.Module]
+LearnerBuilder = Callable[["Config", Any, "Sampler", torch.device], MetaLearner]
+
+
+@dataclass(frozen=True)
+class Algorithm:
+    """One registry entry: a name and how to build the algorithm from a config.
+
+    Attributes:
+        name: the ``--algo`` name.
+        summary: one line for ``--help``.
+        option_groups: the dataclasses of config keys it reads (see :mod:`metarl.options`);
+            groups may be shared by algorithms (MAML-TRPO and MAML-PPO share the inner loop's).
+        build_policy: ``(config, obs_dim, act_dim) -> policy``; the policy's ``spec``
+            is what the sampler's workers run.
+        build_learner: ``(config, policy, sampler, device) -> MetaLearner``.
+        validate: optional checks across keys, raising :class:`~metarl.options.ConfigError`.
+    """
+
+    name: str
+    summary: str
+    option_groups: tuple[type, ...]
+    build_policy: PolicyBuilder
+    build_learner: LearnerBuilder
+    validate: Callable[[Config], None] | None = field(default=None)

@@ -1,0 +1,333 @@
+"""The training loop: iterations, periodic meta-tests, checkpoints, signals and failures.
+
+:func:`start_run` and :func:`resume` are what ``python -m metarl.train`` calls;
+:func:`train` runs a built :class:`~metarl.run.Run` from a :class:`Progress`.
+The loop speaks to the learner only through :class:`~metarl.algos.base.MetaLearner`.
+
+Exit codes of :func:`train`: 0 done, or stopped cleanly by a first Ctrl-C /
+SIGTERM after writing a checkpoint; 130 (143) when a second one stopped it at once.
+It raises :class:`RunFailure` when the run cannot go on.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from metarl import registry
+from metarl.algos.base import IterationResult
+from metarl.checkpoint import (
+    capture_rng_states,
+    load_latest,
+    periodic_checkpoints,
+    remove_stale_temporaries,
+    restore_rng_states,
+    save_best,
+    save_checkpoint,
+)
+from metarl.config import Config, ConfigError, save_config
+from metarl.logger import RunLogger, adaptation_scalars, return_tag
+from metarl.run import (
+    Run,
+    build_run,
+    first_line,
+    iteration_tasks,
+    restore_run,
+    resumed_config,
+    run_dir_name,
+)
+from metarl.sampling import SamplerError
+
+
+class StopRequest:
+    """First Ctrl-C / SIGTERM: stop after this iteration. A second one: stop now.
+
+    The second signal raises ``KeyboardInterrupt`` wherever the loop is; the
+    checkpoint writes are atomic, so the last checkpoint stays intact.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signum = 0
+
+    def __enter__(self) -> StopRequest:
+        self._old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        for s in self._old:
+            signal.signal(s, self._handle)
+        return self
+
+    def _handle(self, signum: int, frame) -> None:
+        second = self.requested
+        self.requested, self.signum = True, signum
+        if second:
+            raise KeyboardInterrupt
+        print(
+            f"\n{signal.Signals(signum).name}: finishing this iteration, then writing a "
+            "checkpoint (Ctrl-C again to stop at once).",
+            file=sys.stderr,
+            flush=True,
+        )
+
+    def __exit__(self, *exc) -> None:
+        for s, handler in self._old.items():
+            signal.signal(s, handler)
+
+
+class RunFailure(RuntimeError):
+    """The run cannot go on (not bad input): exit code 1, the last checkpoint intact.
+
+    ``hint`` says which checkpoint is intact and how to resume from it.
+    """
+
+    def __init__(self, message: str, hint: str) -> None:
+        super().__init__(message)
+        self.hint = hint
+
+
+@dataclass
+class Progress:
+    """The loop's counters; saved in every checkpoint so a resumed run continues them."""
+
+    next_iteration: int = 0
+    env_steps: int = 0
+    best_test_return: float = float("-inf")
+    rejected_total: int = 0
+    rejected_in_a_row: int = 0
+
+    def count_update(self, rejected: bool) -> None:
+        self.rejected_total += int(rejected)
+        self.rejected_in_a_row = self.rejected_in_a_row + 1 if rejected else 0
+
+
+def meta_test(run: Run, logger: RunLogger, iteration: int) -> float:
+    """Adapt on every held-out task; log ``test/`` means and the probe tasks' own curves."""
+    cfg = run.config
+    per_task = run.learner.meta_test(
+        list(run.pools.test),
+        adapt_steps=cfg.eval_adapt_steps,
+        episodes_per_task=cfg.episodes_per_task,
+        batch_key=("test", iteration),
+    )  # [K + 1, T]
+    scalars = adaptation_scalars(per_task, run.learner.adaptation_unit, cfg.n_probe_tasks)
+    logger.scalars(scalars, iteration)
+    return float(per_task[-1].mean())
+
+
+def checkpoint_state(run: Run, progress: Progress, iteration: int) -> dict:
+    """What a checkpoint holds (see :mod:`metarl.checkpoint` for why this is everything)."""
+    return {
+        "iteration": iteration,
+        "env_steps": progress.env_steps,
+        "best_test_return": progress.best_test_return,
+        "counters": {
+            "rejected_total": progress.rejected_total,
+            "rejected_in_a_row": progress.rejected_in_a_row,
+        },
+        "config": run.config.to_dict(),
+        "learner": run.learner.state_dict(),
+        "rng": capture_rng_states(),
+    }
+
+
+def progress_from_checkpoint(state: dict) -> Progress:
+    counters = state.get("counters", {})
+    return Progress(
+        next_iteration=state["iteration"] + 1,
+        env_steps=state["env_steps"],
+        best_test_return=state.get("best_test_return", float("-inf")),
+        rejected_total=counters.get("rejected_total", 0),
+        rejected_in_a_row=counters.get("rejected_in_a_row", 0),
+    )
+
+
+def train_step(run: Run, logger: RunLogger, progress: Progress, iteration: int) -> None:
+    """One meta-iteration: train, count a rejected update, log, print the progress line."""
+    start = time.perf_counter()
+    tasks = iteration_tasks(run.config, run.pools, iteration)
+    result = run.learner.train_iteration(tasks, iteration)
+    seconds = time.perf_counter() - start
+    progress.env_steps += result.env_steps
+    progress.count_update(result.rejected)
+    unit = run.learner.adaptation_unit
+    scalars = {return_tag("adapt", k, unit): r for k, r in enumerate(result.returns_per_step)}
+    scalars.update(result.scalars)
+    scalars.update({f"time/{k}": v for k, v in result.times.items()})
+    scalars.update(
+        {
+            "time/iteration": seconds,
+            "perf/env_steps": progress.env_steps,
+            "perf/env_steps_per_s": result.env_steps / max(seconds, 1e-9),
+            "update/rejected_nonfinite": progress.rejected_total,
+        }
+    )
+    logger.scalars(scalars, iteration)
+    print(progress_line(iteration, run.config.iterations, progress, result, seconds), flush=True)
+    if result.rejected:
+        print(
+            f"  update of iteration {iteration + 1} rejected: non-finite loss or gradient, "
+            f"parameters unchanged ({progress.rejected_in_a_row} in a row, "
+            f"{progress.rejected_total} in total)",
+            file=sys.stderr,
+            flush=True,
+        )
+
+
+def stop_if_rejecting(run: Run, progress: Progress, iteration: int) -> None:
+    """Raise :class:`RunFailure` after ``max_consecutive_rejections`` rejected updates in a row."""
+    limit = run.config.max_consecutive_rejections
+    if progress.rejected_in_a_row < limit:
+        return
+    first = iteration + 2 - progress.rejected_in_a_row
+    raise RunFailure(
+        f"the updates of iterations {first}..{iteration + 1} ({limit} in a row, "
+        f"max_consecutive_rejections) were all rejected because the loss or gradient was "
+        "not finite; lower inner_lr / max_kl / ppo_lr or check the env's rewards",
+        resume_hint(run.run_dir),
+    )
+
+
+def evaluate_step(run: Run, logger: RunLogger, progress: Progress, iteration: int) -> None:
+    """Meta-test every ``eval_every`` iterations (and at the end); keep ``best.pt``."""
+    cfg = run.config
+    last = iteration == cfg.iterations - 1
+    if not cfg.eval_every or not ((iteration + 1) % cfg.eval_every == 0 or last):
+        return
+    test_return = meta_test(run, logger, iteration)
+    print(
+        f"  meta-test on {len(run.pools.test)} held-out tasks: "
+        f"return after {cfg.eval_adapt_steps} steps {test_return:.2f}",
+        flush=True,
+    )
+    if test_return > progress.best_test_return:
+        progress.best_test_return = test_return
+        save_best(run.run_dir, checkpoint_state(run, progress, iteration))
+
+
+def resume_hint(run_dir: Path) -> str:
+    """Which checkpoint of ``run_dir`` is intact, and the command that resumes from it."""
+    found = periodic_checkpoints(run_dir)
+    if not found:
+        return f"No checkpoint of {run_dir} was written yet; there is nothing to resume."
+    return (
+        f"The last checkpoint ({found[-1]}) is intact; resume with: "
+        f"python -m metarl.train --resume {run_dir}"
+    )
+
+
+def train(run: Run, progress: Progress | None = None) -> int:
+    """The training loop, from ``progress`` (a resumed run's counters). Returns the exit code.
+
+    Raises :class:`RunFailure` when the run cannot go on: a sampler error (an env
+    returned a non-finite value, a worker died) or too many rejected updates.
+    """
+    cfg = run.config
+    progress = progress or Progress()
+    # purge_step drops any events a killed run logged after its last checkpoint.
+    logger = RunLogger(run.run_dir, purge_step=progress.next_iteration or None)
+    logger.probe_layout(
+        min(cfg.n_probe_tasks, cfg.test_pool_size),
+        cfg.eval_adapt_steps,
+        run.learner.adaptation_unit,
+    )
+    stop = StopRequest()
+    try:
+        with stop:
+            for iteration in range(progress.next_iteration, cfg.iterations):
+                train_step(run, logger, progress, iteration)
+                stop_if_rejecting(run, progress, iteration)
+                evaluate_step(run, logger, progress, iteration)
+                logger.flush()
+                progress.next_iteration = iteration + 1
+                stopping = stop.requested  # read once: a signal from here on waits for the next
+                last = iteration == cfg.iterations - 1
+                if (iteration + 1) % cfg.checkpoint_every == 0 or last or stopping:
+                    state = checkpoint_state(run, progress, iteration)
+                    save_checkpoint(run.run_dir, state, keep=cfg.keep_checkpoints)
+                if stopping and not last:
+                    print(
+                        f"Stopped after iteration {iteration + 1}. Resume with:\n"
+                        f"  python -m metarl.train --resume {run.run_dir}",
+                        flush=True,
+                    )
+                    return 0
+    except KeyboardInterrupt:
+        print(f"\nInterrupted. {resume_hint(run.run_dir)}", file=sys.stderr, flush=True)
+        return 128 + (stop.signum or signal.SIGINT)
+    except SamplerError as exc:
+        message = first_line(exc)
+        if stop.requested:  # e.g. SIGTERM sent to the whole process group
+            message += " (after a stop signal: it probably reached the rollout workers too)"
+        raise RunFailure(message, resume_hint(run.run_dir)) from exc
+    finally:
+        logger.close()
+        run.sampler.close()
+    print(
+        f"Done: {cfg.iterations} iterations, {progress.env_steps} env steps. "
+        f"Run directory: {run.run_dir}"
+    )
+    return 0
+
+
+def progress_line(
+    iteration: int, total: int, progress: Progress, result: IterationResult, seconds: float
+) -> str:
+    """The one line printed per iteration (scripts and tests read this exact format)."""
+    returns = " -> ".join(f"{r:.1f}" for r in result.returns_per_step)
+    kl_text = f" | kl {result.kl:.4f}" if result.kl is not None else ""
+    return (
+        f"iter {iteration + 1}/{total} | steps {progress.env_steps} | return {returns}{kl_text} | "
+        f"{seconds:.1f} s | {result.env_steps / max(seconds, 1e-9):.0f} steps/s"
+    )
+
+
+def new_run_dir(config: Config) -> Path:
+    """The run directory of a new run (created by the caller once the run is built)."""
+    run_dir = run_dir_name(config, config.algo)
+    if (run_dir / "checkpoints").exists():
+        raise ConfigError(
+            f"config key 'run_name': run directory {str(run_dir)!r} already holds a "
+            f"run; resume it with --resume {run_dir} or choose another name"
+        )
+    return run_dir
+
+
+def start_run(config: Config) -> int:
+    """Build a new run, then create its directory and train (bad input leaves no directory)."""
+    registry.resolve(config.env)  # unknown names fail before anything is built
+    run_dir = new_run_dir(config)
+    run = build_run(config, run_dir)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(config, run_dir / "config.yaml")
+    except BaseException:
+        run.sampler.close()
+        raise
+    print(f"metarl: {config.algo} on {config.env}, run directory {run_dir}", flush=True)
+    return train(run)
+
+
+def resume(run_dir: Path, overrides: dict | None = None) -> int:
+    """Continue ``run_dir`` from its latest checkpoint; ``overrides`` may extend the budget etc."""
+    state = load_latest(run_dir)
+    config = resumed_config(state, run_dir, overrides or {})
+    run = restore_run(state, config, run_dir)
+    progress = progress_from_checkpoint(state)
+    if progress.next_iteration >= config.iterations:
+        run.sampler.close()
+        print(
+            f"{run_dir} has already run its {config.iterations} iterations; "
+            "pass --iterations N (more) to train it further",
+            flush=True,
+        )
+        return 0
+    restore_rng_states(state.get("rng") or {"torch": state["torch_rng"]})
+    remove_stale_temporaries(run_dir)
+    save_config(config, run_dir / "config.yaml")
+    print(
+        f"Resuming {run_dir} at iteration {progress.next_iteration + 1}/{config.iterations}",
+        flush=True,
+    )
+    return train(run, progress)

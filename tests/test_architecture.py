@@ -1,0 +1,148 @@
+"""The seams: the learner protocol and registry, key groups, and the import graph of metarl/."""
+
+from __future__ import annotations
+
+import ast
+import dataclasses
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from metarl.algos.base import Algorithm, IterationResult
+from metarl.algos.registry import ALGORITHMS, algorithm, algorithms, option_groups
+from metarl.config import ALGOS, Config, build_config, key_groups
+from metarl.run import build_run
+
+ROOT = Path(__file__).parents[1]
+CLI_MODULES = {"metarl.train", "metarl.evaluate", "metarl.baselines", "metarl.cli"}
+
+
+def module_imports() -> dict[str, set[str]]:
+    """Each metarl module -> the metarl modules it imports at import time.
+
+    Imports inside functions and under ``if TYPE_CHECKING:`` run later or never, so
+    they cannot make a circle at import time and are left out.
+    """
+    graph: dict[str, set[str]] = {}
+    for path in [*(ROOT / "metarl").rglob("*.py"), *(ROOT / "envs").rglob("*.py")]:
+        rel = path.relative_to(ROOT).with_suffix("")
+        parts = list(rel.parts)
+        if parts[0] == "envs":
+            parts = ["metarl", *parts]
+        if parts[-1] == "__init__":
+            parts = parts[:-1]
+        name = ".".join(parts)
+        tree = ast.parse(path.read_text())
+        found: set[str] = set()
+        for node in tree.body:  # top level only
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
+                continue
+            for sub in ast.walk(node) if not isinstance(node, ast.FunctionDef) else ():
+                if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                    break
+                if isinstance(sub, ast.ImportFrom) and (sub.module or "").startswith("metarl"):
+                    found.add(sub.module)
+                elif isinstance(sub, ast.Import):
+                    found.update(a.name for a in sub.names if a.name.startswith("metarl"))
+        graph[name] = found
+    return graph
+
+
+def test_no_import_circle_in_metarl():
+    graph = module_imports()
+
+    def parents(module: str) -> list[str]:  # importing a.b.c imports a and a.b first
+        pieces = module.split(".")
+        return [".".join(pieces[:i]) for i in range(1, len(pieces))]
+
+    edges = {m: {d for d in deps if d in graph and d != m} for m, deps in graph.items()}
+    state: dict[str, int] = {}
+
+    def visit(module: str, path: list[str]) -> None:
+        state[module] = 1
+        for dep in sorted(edges.get(module, ())):
+            if dep in parents(module):  # a package's __init__ runs before its modules
+                continue
+            if state.get(dep) == 1:
+                raise AssertionError(" -> ".join([*path, module, dep]))
+            if dep not in state:
+                visit(dep, [*path, module])
+        state[module] = 2
+
+    for module in sorted(edges):
+        if module not in state:
+            visit(module, [])
+
+
+def test_no_library_module_imports_a_command_line_module():
+    for module, deps in module_imports().items():
+        if module in CLI_MODULES:
+            continue
+        assert not deps & CLI_MODULES, f"{module} imports {deps & CLI_MODULES}"
+
+
+def test_every_registered_algorithm_is_an_algorithm_with_its_own_keys():
+    assert tuple(ALGORITHMS) == ALGOS and ALGOS[:3] == ("maml-trpo", "maml-ppo", "rl2")
+    keys = {f.name for f in dataclasses.fields(Config)}
+    for entry in algorithms():
+        assert isinstance(entry, Algorithm) and entry.name in ALGORITHMS
+        for group in entry.option_groups:
+            assert {f.name for f in dataclasses.fields(group)} <= keys
+    declared = [f.name for group in option_groups() for f in dataclasses.fields(group)]
+    assert len(declared) == len(set(declared))  # no key declared twice
+    titles = [title for title, _ in key_groups()]
+    assert "MAML inner loop (maml-trpo, maml-ppo)" in titles
+    assert "PPO update (maml-ppo, rl2)" in titles
+
+
+def test_help_lists_each_algorithms_flags_under_its_group():
+    result = subprocess.run([sys.executable, "-m", "metarl.train", "--help"],
+                            capture_output=True, text=True, timeout=60)  # fmt: skip
+    assert result.returncode == 0
+    text = result.stdout
+    trpo = text.index("MAML-TRPO outer loop (maml-trpo):")
+    assert text.index("--max-kl", trpo) < text.index("PPO update (maml-ppo, rl2):")
+    rl2 = text.index("RL2 (rl2):")
+    assert rl2 > trpo and "--rl2-hidden-size" in text[rl2:]
+
+
+@pytest.mark.parametrize("name", list(ALGORITHMS))
+def test_each_learner_follows_the_protocol(name, tmp_path):
+    config = build_config({"env": "point-nav", "algo": name, "meta_batch_size": 2,
+                           "episodes_per_task": 2, "horizon": 5, "hidden_sizes": [4],
+                           "rl2_hidden_size": 4, "workers": 0, "train_pool_size": 4,
+                           "test_pool_size": 2, "device": "cpu"})  # fmt: skip
+    run = build_run(config, tmp_path)
+    try:
+        learner = run.learner
+        assert learner.name == name and learner.adaptation_unit in ("step", "episode")
+        result = learner.train_iteration(list(run.pools.train[:2]), 0)
+        assert isinstance(result, IterationResult) and result.rejected is False
+        assert result.kl is not None and result.env_steps > 0
+        per_task = learner.meta_test(list(run.pools.test), adapt_steps=1, episodes_per_task=2,
+                                     batch_key=("test", 0))  # fmt: skip
+        assert per_task.shape == (2, 2) and torch.isfinite(per_task).all()
+        state = learner.state_dict()
+        learner.load_state_dict(state)
+        assert algorithm(name).build_learner is not None
+    finally:
+        run.sampler.close()
+
+
+def test_the_metarl_command_runs_each_subcommand(tmp_path):
+    def metarl(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "metarl.cli", *args], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)  # fmt: skip
+
+    listing = metarl("envs")
+    assert listing.returncode == 0 and "halfcheetah-vel" in listing.stdout
+    bad = metarl("train", "--env", "no-such-env")
+    assert bad.returncode == 2 and bad.stderr.startswith("error: unknown env 'no-such-env'")
+    flag = metarl("evaluate", "--bogus")
+    assert flag.returncode == 2 and "(metarl evaluate --help lists the flags)" in flag.stderr
+    unknown = metarl("fly")
+    assert unknown.returncode == 2 and "unknown command 'fly'" in unknown.stderr
+    assert metarl("baselines", "--help").returncode == 0
