@@ -379,7 +379,7 @@ def test_ant_rewards_match_their_formulas(make):
 
 @pytest.mark.mujoco
 def test_ant_dir_episodes_of_wide_exploration_end_with_the_torso_above_the_healthy_range():
-    """README's ant-dir finding: std-1 actions bounce the torso above z 1.0; std 0.2 stays up."""
+    """docs/results.md, ant-dir: std-1 actions bounce the torso above z 1.0; std 0.2 stays up."""
     from tests.experiment_scripts import load_experiment_script
 
     module = load_experiment_script("ant_dir_termination")

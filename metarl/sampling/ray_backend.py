@@ -21,7 +21,7 @@ What travels:
 * back, once per call and actor: the block's whole episodes as numpy arrays.
 
 No code is shipped: metarl, and the package of any plug-in family, must be
-installed on every node (see README, "Running across machines").
+installed on every node (see docs/distributed.md, "Running across machines").
 
 Faults: an actor that dies (its process killed, out of memory, its node lost)
 is restarted by Ray and its block collected again, at most ``max_retries``
