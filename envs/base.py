@@ -194,10 +194,11 @@ def _takes_rng(method: Callable) -> bool:
     return len(params) >= 2
 
 
-def check_task_api(env: Any, name: str) -> None:
+def check_task_api(env: Any, name: str, *, picklable: bool = True) -> None:
     """A :class:`TaskAPIError` naming what is missing unless ``env``'s family follows the
-    task API: the three verbs, and tasks that are hashable and picklable (worker
-    processes receive them; pools and evaluation compare them)."""
+    task API: the three verbs, tasks that are hashable (pools and evaluation compare
+    them) and, with ``picklable``, tasks that pickle (rollout worker processes and Ray
+    actors receive them that way; collecting in-process needs no pickling)."""
     family = env.unwrapped
     where = f"family {name!r} ({type(family).__name__})"
     missing = [verb for verb in TASK_VERBS if not callable(getattr(family, verb, None))]
@@ -213,6 +214,8 @@ def check_task_api(env: Any, name: str) -> None:
         raise TaskAPIError(
             f"{where}: its task {task!r} is not hashable ({exc}); make tasks frozen dataclasses"
         ) from None
+    if not picklable:
+        return
     try:
         pickle.loads(pickle.dumps(task))
     except Exception as exc:  # noqa: BLE001 - any pickling failure is the same problem

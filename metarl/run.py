@@ -88,9 +88,10 @@ def make_config_env(config: Config) -> gymnasium.Env:
 def build_task_pools(config: Config, env: Any) -> TaskPools:
     """The fixed train and test pools of ``config`` (its seed and pool sizes), from ``env``.
 
-    A :class:`~metarl.envs.base.TaskAPIError` first if ``env`` does not follow the task API.
+    A :class:`~metarl.envs.base.TaskAPIError` first if ``env`` does not follow the task API
+    (tasks must pickle unless the run collects in-process, ``workers 0``).
     """
-    check_task_api(env, config.env)
+    check_task_api(env, config.env, picklable=config.workers != 0)
     return make_task_pools(
         env,
         n_train=config.train_pool_size,

@@ -142,12 +142,19 @@ def test_a_family_with_sample_tasks_of_n_only_gets_fixed_disjoint_pools_and_trai
 )
 def test_a_broken_family_gets_one_line_and_exit_2(cls, message, plugin_module, tmp_path, capsys):
     register_family(f"broken-{cls}", f"{plugin_module}:{cls}", varies="goal", horizon=5)
-    args = [*TINY, "--env", f"broken-{cls}", "--logdir", str(tmp_path), "--run-name", "r"]
+    args = [*TINY, "--env", f"broken-{cls}", "--logdir", str(tmp_path), "--run-name", "r",
+            "--workers", "1"]  # tasks must pickle when workers receive them  # fmt: skip
     assert train_cli.main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: family ") and message in err[0], err
     assert "Traceback" not in err[0]
     assert not (tmp_path / "r").exists()  # bad input leaves no run directory
+
+
+def test_an_unpicklable_task_is_fine_when_the_run_collects_in_process(plugin_module, tmp_path):
+    register_family("local-tasks", f"{plugin_module}:LocalTasks", varies="goal", horizon=5)
+    args = [*TINY, "--env", "local-tasks", "--logdir", str(tmp_path), "--run-name", "r"]
+    assert train_cli.main(args) == 0  # --workers 0: nothing is pickled
 
 
 def test_a_family_with_sample_tasks_of_n_and_rng_is_given_the_rng():

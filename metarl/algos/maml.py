@@ -20,12 +20,21 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from metarl.algos.base import IterationResult
-from metarl.functional import TaskParams, adapt, batched_log_prob, expand_params, masked_mean
+from metarl.functional import (
+    AdamState,
+    StepSize,
+    TaskParams,
+    adam_adapt,
+    adapt,
+    batched_log_prob,
+    expand_params,
+    masked_mean,
+)
 from metarl.options import option
 from metarl.policies.gaussian_mlp import GaussianMLPPolicy, MLPSpec, params_to_numpy
 from metarl.returns import (
@@ -58,18 +67,19 @@ def build_mlp_policy(config: Config, obs_dim: int, act_dim: int) -> GaussianMLPP
     return GaussianMLPPolicy(spec, init_log_std=config.init_log_std, weight_init=config.weight_init)
 
 
-def build_inner_loop(config: Config, policy: GaussianMLPPolicy, sampler, device) -> MAMLInnerLoop:
-    """The :class:`MAMLInnerLoop` of ``config``'s :class:`MAMLOptions`."""
-    return MAMLInnerLoop(
-        policy,
-        sampler,
-        inner_steps=config.inner_steps,
-        inner_lr=config.inner_lr,
-        first_order=config.first_order,
-        discount=config.discount,
-        gae_lambda=config.gae_lambda,
-        device=device,
-    )
+def build_inner_loop(
+    config: Config, policy: GaussianMLPPolicy, sampler, device, **options
+) -> MAMLInnerLoop:
+    """The :class:`MAMLInnerLoop` of ``config``'s :class:`MAMLOptions` (``options``:
+    ``step_sizes``, ``inner_optimizer``, ``inner_steps`` to override)."""
+    settings = {
+        "inner_steps": config.inner_steps,
+        "inner_lr": config.inner_lr,
+        "first_order": config.first_order,
+        "discount": config.discount,
+        "gae_lambda": config.gae_lambda,
+    }
+    return MAMLInnerLoop(policy, sampler, device=device, **{**settings, **options})
 
 
 @dataclass
@@ -170,8 +180,31 @@ class AdaptationData:
     explained_variance: float = field(default=0.0)
 
 
+class LearnedStepSizes(Protocol):
+    """Step sizes the outer loop meta-trains with the policy (Meta-SGD's alpha)."""
+
+    def as_dict(self, *, detach: bool) -> dict[str, torch.Tensor]:
+        """One step-size tensor per policy parameter, of that parameter's shape."""
+        ...
+
+    def parameters(self): ...
+
+    def stats(self) -> dict[str, float]:
+        """Scalars to log each iteration (e.g. the step sizes' mean, min and max)."""
+        ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> object: ...
+
+
 class MAMLInnerLoop:
-    """Collects adaptation data and replays the inner loop differentiably."""
+    """Collects adaptation data and replays the inner loop differentiably.
+
+    The inner step is plain gradient descent at ``inner_lr``, or at learned
+    per-parameter ``step_sizes`` (Meta-SGD), or, for data collection only
+    (Reptile), first-order Adam at ``inner_lr`` with ``inner_optimizer="adam"``.
+    """
 
     def __init__(
         self,
@@ -184,7 +217,13 @@ class MAMLInnerLoop:
         discount: float,
         gae_lambda: float,
         device: torch.device,
+        step_sizes: LearnedStepSizes | None = None,
+        inner_optimizer: str = "sgd",
     ) -> None:
+        if inner_optimizer not in ("sgd", "adam"):
+            raise ValueError(f"inner_optimizer must be 'sgd' or 'adam', got {inner_optimizer!r}")
+        if inner_optimizer == "adam" and step_sizes is not None:
+            raise ValueError("learned step sizes are for plain gradient steps, not Adam")
         self.policy = policy
         self.sampler = sampler
         self.inner_steps = inner_steps
@@ -193,6 +232,33 @@ class MAMLInnerLoop:
         self.discount = discount
         self.gae_lambda = gae_lambda
         self.device = device
+        self.step_sizes = step_sizes
+        self.inner_optimizer = inner_optimizer
+
+    def meta_parameters(self) -> list[torch.nn.Parameter]:
+        """What the outer loop optimises: the policy's parameters, then any learned step sizes."""
+        params = list(self.policy.parameters())
+        if self.step_sizes is not None:
+            params += list(self.step_sizes.parameters())
+        return params
+
+    def step_size(self, *, detach: bool) -> StepSize:
+        """The inner learning rate: ``inner_lr``, or the learned per-parameter step sizes."""
+        if self.step_sizes is None:
+            return self.inner_lr
+        return self.step_sizes.as_dict(detach=detach)
+
+    def stats(self) -> dict[str, float]:
+        """The learned step sizes' statistics, if any."""
+        return {} if self.step_sizes is None else self.step_sizes.stats()
+
+    def state_dict(self) -> dict:
+        """The learned step sizes, if any (the rest is settings)."""
+        return {} if self.step_sizes is None else {"step_sizes": self.step_sizes.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        if self.step_sizes is not None:
+            self.step_sizes.load_state_dict(state["step_sizes"])
 
     def _process(self, batch: EpisodeBatch) -> ProcessedBatch:
         return process_batch(
@@ -213,6 +279,7 @@ class MAMLInnerLoop:
         params = expand_params(meta, len(tasks))
         train, returns_per_step, per_task, steps = [], [], [], 0
         t_sample = t_adapt = 0.0
+        adam_state: AdamState | None = None  # Reptile's Adam: fresh moments per task and call
         for k in range(adapt_steps + 1):
             start = time.perf_counter()
             batch = self.sampler.sample(
@@ -229,10 +296,13 @@ class MAMLInnerLoop:
             data = self._process(batch)
             if k < adapt_steps:
                 train.append(data)
-                # First-order here: these parameters only choose who acts next.
-                params = adapt(
-                    params, reinforce_loss(self.policy, data), lr=self.inner_lr, first_order=True
-                )
+                loss = reinforce_loss(self.policy, data)
+                if self.inner_optimizer == "adam":
+                    params, adam_state = adam_adapt(
+                        params, loss, lr=self.inner_lr, state=adam_state
+                    )
+                else:  # first-order here: these parameters only choose who acts next
+                    params = adapt(params, loss, lr=self.step_size(detach=True), first_order=True)
             t_adapt += time.perf_counter() - start
         return AdaptationData(
             train=train,
@@ -255,13 +325,15 @@ class MAMLInnerLoop:
         w.r.t. the meta-parameters including the inner Hessian terms; with
         ``first_order`` the inner gradients are constants.
         """
+        if self.inner_optimizer != "sgd":
+            raise ValueError("the inner loop is replayed differentiably only for gradient steps")
         n_tasks = train[0].observations.shape[0]
         params = expand_params(self.policy.params(), n_tasks)
         first_order = self.first_order or not create_graph
+        lr = self.step_size(detach=not create_graph)
         for data in train:
-            params = adapt(
-                params, reinforce_loss(self.policy, data), lr=self.inner_lr, first_order=first_order
-            )
+            loss = reinforce_loss(self.policy, data)
+            params = adapt(params, loss, lr=lr, first_order=first_order)
         return params
 
 
@@ -291,6 +363,7 @@ class MAML:
         start = time.perf_counter()
         scalars = self.outer.update(data, iteration)
         scalars["baseline/explained_variance"] = data.explained_variance
+        scalars.update(self.inner.stats())
         return IterationResult(
             rejected=scalars.get(self.outer.rejected_key, 0.0) > 0,
             kl=scalars.get(self.outer.kl_key),
@@ -314,8 +387,13 @@ class MAML:
         return data.per_task_returns
 
     def state_dict(self) -> dict:
-        return {"policy": self.policy.state_dict(), "outer": self.outer.state_dict()}
+        return {
+            "policy": self.policy.state_dict(),
+            "outer": self.outer.state_dict(),
+            "inner": self.inner.state_dict(),
+        }
 
     def load_state_dict(self, state: dict) -> None:
         self.policy.load_state_dict(state["policy"])
         self.outer.load_state_dict(state["outer"])
+        self.inner.load_state_dict(state.get("inner", {}))  # absent before Meta-SGD existed

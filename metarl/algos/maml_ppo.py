@@ -53,7 +53,7 @@ class PPOUpdate:
         self.target_kl = target_kl
         self.lr = lr
         self.lr_anneal_iterations = lr_anneal_iterations  # 0 = constant (see scheduled_lr)
-        self.optimizer = torch.optim.Adam(self.policy.parameters(), lr=lr)
+        self.optimizer = torch.optim.Adam(inner.meta_parameters(), lr=lr)
 
     def update(self, data: AdaptationData, iteration: int = 0) -> dict[str, float]:
         valid, spec = data.valid, self.policy.spec
@@ -63,7 +63,8 @@ class PPOUpdate:
         ).detach()
         stats: dict[str, float] = {}
         # A non-finite epoch rejects the whole update: restore these (and Adam's state).
-        saved_params = [p.detach().clone() for p in self.policy.parameters()]
+        meta_parameters = self.inner.meta_parameters()
+        saved_params = [p.detach().clone() for p in meta_parameters]
         saved_optimizer = copy.deepcopy(self.optimizer.state_dict())
         stats["ppo/early_stop"] = 0.0
         stats["ppo/lr"] = lr
@@ -85,12 +86,12 @@ class PPOUpdate:
             self.optimizer.zero_grad()
             loss.backward()
             grads_finite = all(
-                p.grad is None or torch.isfinite(p.grad).all() for p in self.policy.parameters()
+                p.grad is None or torch.isfinite(p.grad).all() for p in meta_parameters
             )
             if not (torch.isfinite(loss.detach()) and grads_finite):
                 self.optimizer.zero_grad()
                 with torch.no_grad():
-                    for p, saved in zip(self.policy.parameters(), saved_params):
+                    for p, saved in zip(meta_parameters, saved_params):
                         p.copy_(saved)
                 self.optimizer.load_state_dict(saved_optimizer)
                 return {self.rejected_key: 1.0}
@@ -109,16 +110,21 @@ class PPOUpdate:
         self.optimizer.load_state_dict(state["optimizer"])
 
 
-def build_maml_ppo(config: Config, policy, sampler, device: torch.device) -> MAML:
-    """MAML-PPO from ``config``'s :class:`MAMLOptions` and :class:`PPOOptions`."""
-    outer = PPOUpdate(
-        build_inner_loop(config, policy, sampler, device),
+def build_ppo_update(config: Config, inner: MAMLInnerLoop) -> PPOUpdate:
+    """The PPO outer update of ``config``'s :class:`PPOOptions` around ``inner``."""
+    return PPOUpdate(
+        inner,
         epochs=config.ppo_epochs,
         clip=config.ppo_clip,
         lr=config.ppo_lr,
         target_kl=config.ppo_target_kl,
         lr_anneal_iterations=lr_anneal_iterations(config),
     )
+
+
+def build_maml_ppo(config: Config, policy, sampler, device: torch.device) -> MAML:
+    """MAML-PPO from ``config``'s :class:`MAMLOptions` and :class:`PPOOptions`."""
+    outer = build_ppo_update(config, build_inner_loop(config, policy, sampler, device))
     return MAML("maml-ppo", outer.inner, outer, episodes_per_task=config.episodes_per_task)
 
 

@@ -155,7 +155,7 @@ class TRPOUpdate:
 
     def update(self, data: AdaptationData, iteration: int = 0) -> dict[str, float]:
         """One TRPO step; ``iteration`` is unused (max_kl bounds the step, not a schedule)."""
-        params = list(self.policy.parameters())
+        params = self.inner.meta_parameters()
         old = OldPolicy.of(self.policy.spec, data)
 
         loss, kl = self._surrogate_and_kl(data, old, create_graph=True)
@@ -199,10 +199,9 @@ class TRPOUpdate:
         """Nothing to restore (a checkpoint of an older version may hold a counter: ignored)."""
 
 
-def build_maml_trpo(config: Config, policy, sampler, device: torch.device) -> MAML:
-    """MAML-TRPO from ``config``'s :class:`MAMLOptions` and :class:`TRPOOptions`."""
-    inner = build_inner_loop(config, policy, sampler, device)
-    outer = TRPOUpdate(
+def build_trpo_update(config: Config, inner: MAMLInnerLoop) -> TRPOUpdate:
+    """The TRPO outer update of ``config``'s :class:`TRPOOptions` around ``inner``."""
+    return TRPOUpdate(
         inner,
         max_kl=config.max_kl,
         cg_iters=config.cg_iters,
@@ -212,7 +211,12 @@ def build_maml_trpo(config: Config, policy, sampler, device: torch.device) -> MA
         fisher=config.trpo_fisher,
         fisher_subsample=config.fisher_subsample,
     )
-    return MAML("maml-trpo", inner, outer, episodes_per_task=config.episodes_per_task)
+
+
+def build_maml_trpo(config: Config, policy, sampler, device: torch.device) -> MAML:
+    """MAML-TRPO from ``config``'s :class:`MAMLOptions` and :class:`TRPOOptions`."""
+    outer = build_trpo_update(config, build_inner_loop(config, policy, sampler, device))
+    return MAML("maml-trpo", outer.inner, outer, episodes_per_task=config.episodes_per_task)
 
 
 ALGORITHM = Algorithm(

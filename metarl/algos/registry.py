@@ -24,6 +24,8 @@ ALGORITHMS: dict[str, str] = {
     "maml-trpo": "metarl.algos.maml_trpo",
     "maml-ppo": "metarl.algos.maml_ppo",
     "rl2": "metarl.algos.rl2",
+    "reptile": "metarl.algos.reptile",
+    "meta-sgd": "metarl.algos.meta_sgd",
 }
 """``--algo`` name -> the module that defines its ``ALGORITHM``."""
 
