@@ -135,10 +135,16 @@ def make_task_pools(env: Any, *, n_train: int, n_test: int, seed: int) -> TaskPo
     the env's RNG), so every run with that seed meta-trains and meta-tests on
     the same tasks. For continuous families the pools are disjoint; for a
     family with ``finite_tasks`` (e.g. forward/backward) both pools are drawn
-    independently from the same few tasks, as in the MAML paper.
+    independently from the same few tasks, as in the MAML paper. A family with a
+    ``sample_task_pools(n_train, n_test, rng) -> (train, test)`` method draws both
+    pools itself from this ``rng`` (sketch's held-out characters).
     """
     family = env.unwrapped
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x7A5C]))
+    custom = getattr(family, "sample_task_pools", None)
+    if custom is not None:  # the family splits its tasks itself (held-out characters, benchmark splits)
+        train, test = custom(n_train, n_test, rng)
+        return TaskPools(train=tuple(train), test=tuple(test))
     train = family.sample_tasks(n_train, rng)
     if getattr(family, "finite_tasks", False):
         return TaskPools(train=tuple(train), test=tuple(family.sample_tasks(n_test, rng)))
