@@ -39,6 +39,14 @@ _BUILTIN = [
         "2-D point to a goal; tasks also switch the reward: dense, sparse or shaped",
     ),
     (
+        "sketch",
+        "metarl/Sketch-v0",
+        "metarl.envs.sketch:SketchEnv",
+        "goal",
+        100,
+        "2-D pen tracing a letter's or digit's outline; held-out characters (pure numpy)",
+    ),
+    (
         "halfcheetah-vel",
         "metarl/HalfCheetahVel-v0",
         "metarl.envs.half_cheetah:HalfCheetahVelEnv",
