@@ -9,6 +9,7 @@ import pytest
 import yaml
 
 from metarl.config import (
+    ALGOS,
     Config,
     ConfigError,
     add_config_arguments,
@@ -74,4 +75,4 @@ def test_every_experiment_file_is_a_valid_config_with_comments(path):
 
 def test_there_are_experiments_for_each_algorithm():
     algos = {build_config(load_yaml(p)).algo for p in EXPERIMENTS}
-    assert algos == {"maml-trpo", "maml-ppo", "rl2"}
+    assert algos == set(ALGOS)

@@ -218,7 +218,7 @@ def test_cli_smoke_run_writes_the_adaptation_tags_and_resumes_exactly(tmp_path, 
 
 
 @pytest.mark.parametrize(("algo", "extra", "after_tag"), [
-    ("reptile", ["--reptile-inner-steps", "2"], "adapt/return_step_2"),
+    ("reptile", ["--reptile-inner-steps", "3", "--inner-lr", "0.3"], "adapt/return_step_3"),
     ("meta-sgd", [], "adapt/return_step_1"),
 ])  # fmt: skip
 def test_learns_to_adapt_on_point_nav(tmp_path, algo, extra, after_tag):
