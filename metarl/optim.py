@@ -29,6 +29,7 @@ __all__ = [
     "clipped_surrogate",
     "conjugate_gradient",
     "flat_grad",
+    "hvp_of_gradients",
     "make_hvp",
     "past_kl_target",
     "scheduled_lr",
@@ -156,18 +157,35 @@ def make_hvp(
     """
     params = list(params)
     grad = flat_grad(scalar, params, retain_graph=True, create_graph=True)
+    return hvp_of_gradients([grad], params, damping)
+
+
+def hvp_of_gradients(
+    grads: Sequence[Tensor], params: Sequence[Tensor], damping: float = 0.0
+) -> Callable[[Tensor], Tensor]:
+    """``v -> sum_i H_i v + damping * v`` for ``grads[i]`` the flat gradient (taken with
+    ``create_graph=True``) of a scalar ``s_i`` whose Hessian is ``H_i``.
+
+    The Hessian of a sum of per-chunk terms (the KL of a few tasks each) is the sum
+    of theirs: each product differentiates one chunk's graph, whose tensors hold only
+    that chunk's tasks (see MAML-TRPO's ``trpo_chunk_tasks``).
+
+    Returns:
+        A function from a flat ``[P]`` vector to a detached flat ``[P]`` vector.
+    """
+    params = list(params)
 
     def hvp(v: Tensor) -> Tensor:
         # v is data, not something to differentiate through: detach it so CG
         # iterates do not grow the graph.
-        v = v.detach().to(grad.dtype)
-        grad_v = torch.dot(grad, v)
-        if grad_v.requires_grad:
-            hv = flat_grad(grad_v, params, retain_graph=True)
-        else:
-            # The gradient does not depend on params (scalar is at most linear): H = 0.
-            hv = torch.zeros_like(v)
-        return hv.detach() + damping * v
+        v = v.detach().to(grads[0].dtype)
+        total = damping * v
+        for grad in grads:
+            grad_v = torch.dot(grad, v)
+            if grad_v.requires_grad:
+                total = total + flat_grad(grad_v, params, retain_graph=True).detach()
+            # else: that gradient does not depend on params (at most linear): H_i = 0
+        return total
 
     return hvp
 
@@ -177,7 +195,9 @@ def conjugate_gradient(
     b: Tensor,
     iters: int = 10,
     residual_tol: float = 1e-10,
-) -> Tensor:
+    *,
+    return_product: bool = False,
+) -> Tensor | tuple[Tensor, Tensor]:
     """Approximately solve ``A x = b`` for a symmetric positive-definite ``A``.
 
     Starts from ``x = 0`` and stops after ``iters`` matvecs or once the squared
@@ -186,31 +206,42 @@ def conjugate_gradient(
     an undamped Fisher), it stops and returns the current iterate, which is
     still a descent direction for the quadratic model.
 
+    On a GPU the loop never reads a value back to the host: it runs all ``iters``
+    products and freezes the iterate once stopped (``torch.where``), so no CUDA
+    sync waits inside it. On the CPU a read costs nothing and it stops early.
+
     Args:
         matvec: ``v -> A v`` on flat ``[P]`` tensors.
         b: ``[P]``.
+        return_product: also return ``A x``, accumulated from the matvecs CG makes
+            anyway (``A x = sum_i alpha_i A p_i``), so a caller needing ``x . A x``
+            (TRPO's step scale) saves one more product.
     Returns:
-        ``x`` ``[P]``, detached, dtype of ``b``.
+        ``x`` ``[P]``, detached, dtype of ``b``; with ``return_product``, ``(x, A x)``.
     """
     b = b.detach()
     x = torch.zeros_like(b)
+    ax = torch.zeros_like(b)
     r = b.clone()
     p = b.clone()
     rdotr = torch.dot(r, r)
+    active = rdotr >= residual_tol  # a 0-d bool tensor: no host read
+    read_back = b.device.type == "cpu"
     for _ in range(iters):
-        if rdotr.item() < residual_tol:
+        if read_back and not bool(active):
             break
         z = matvec(p).detach()
         pz = torch.dot(p, z)
-        if not (pz.item() > 0 and math.isfinite(pz.item())):
-            break
-        alpha = rdotr / pz
+        active = active & (pz > 0) & torch.isfinite(pz)
+        alpha = torch.where(active, rdotr / pz, torch.zeros_like(pz))
         x = x + alpha * p
+        ax = ax + alpha * z
         r = r - alpha * z
         new_rdotr = torch.dot(r, r)
-        p = r + (new_rdotr / rdotr) * p
-        rdotr = new_rdotr
-    return x
+        p = torch.where(active, r + (new_rdotr / rdotr) * p, p)
+        rdotr = torch.where(active, new_rdotr, rdotr)
+        active = active & (rdotr >= residual_tol)
+    return (x, ax) if return_product else x
 
 
 @dataclass(frozen=True)

@@ -123,13 +123,21 @@ def process_batch(
         advantages[t] = normalize_advantages(adv, batch.mask[t])
     n = n_eps * horizon
     return ProcessedBatch(
-        observations=batch.observations.reshape(n_tasks, n, -1).to(device),
-        actions=batch.actions.reshape(n_tasks, n, -1).to(device),
-        mask=batch.mask.reshape(n_tasks, n).to(device),
-        advantages=advantages.reshape(n_tasks, n).to(device),
+        observations=to_device(batch.observations.reshape(n_tasks, n, -1), device),
+        actions=to_device(batch.actions.reshape(n_tasks, n, -1), device),
+        mask=to_device(batch.mask.reshape(n_tasks, n), device),
+        advantages=to_device(advantages.reshape(n_tasks, n), device),
         mean_return=float(batch.returns.mean()),
         explained_variance=sum(variances) / len(variances),
     )
+
+
+def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """``x`` on ``device``: to a GPU from pinned memory without blocking (once per iteration;
+    the update then never waits on a copy), on the CPU as it is."""
+    if device.type == "cuda":
+        return x.pin_memory().to(device, non_blocking=True)
+    return x.to(device)
 
 
 def task_subset(batch: ProcessedBatch, tasks: slice) -> ProcessedBatch:

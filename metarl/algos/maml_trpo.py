@@ -12,7 +12,6 @@ parameters. As in pytorch-maml-rl's ``maml_trpo.py``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -29,7 +28,12 @@ from metarl.algos.maml import (
     task_subset,
 )
 from metarl.functional import batched_kl, batched_mean, diag_gaussian_kl, expand_params, masked_mean
-from metarl.optim import backtracking_line_search, conjugate_gradient, flat_grad, make_hvp
+from metarl.optim import (
+    backtracking_line_search,
+    conjugate_gradient,
+    flat_grad,
+    hvp_of_gradients,
+)
 from metarl.options import option
 from metarl.policies.gaussian_mlp import MLPSpec, gaussian_log_prob
 
@@ -58,6 +62,13 @@ class TRPOOptions:
         "its products, ~90% of the update, then run through fewer tasks' inner loops",
         min=0.01,
         max=1.0,
+    )
+    trpo_chunk_tasks: int = option(
+        0,
+        "tasks per chunk of the surrogate, the KL and their Hessian-vector products, which "
+        "are summed over chunks: no tensor then holds the whole meta-batch, and each "
+        "product works in a chunk's smaller tensors; 0 = the whole meta-batch at once",
+        min=0,
     )
     ls_max_backtracks: int = option(15, "line search: maximum tries", min=1)
     ls_backtrack_ratio: float = option(
@@ -99,6 +110,7 @@ class TRPOUpdate:
         ls_backtrack_ratio: float,
         fisher: str = "full",
         fisher_subsample: float = 1.0,
+        chunk_tasks: int = 0,
     ) -> None:
         self.inner = inner
         self.policy = inner.policy
@@ -109,39 +121,75 @@ class TRPOUpdate:
         self.ls_backtrack_ratio = ls_backtrack_ratio
         self.fisher = fisher
         self.fisher_stride = max(1, round(1.0 / fisher_subsample))
+        self.chunk_tasks = chunk_tasks
+
+    def _chunks(self, n_tasks: int, stride: int = 1) -> list[slice]:
+        """The tasks ``0, stride, 2 stride, ...`` of the meta-batch in groups of
+        ``chunk_tasks`` (all in one group when it is 0), as slices of the batch."""
+        tasks = range(0, n_tasks, stride)
+        size = self.chunk_tasks or len(tasks)
+        return [
+            slice(tasks[i], tasks[min(i + size, len(tasks)) - 1] + 1, stride)
+            for i in range(0, len(tasks), size)
+        ]
+
+    def _summed_losses(
+        self, data: AdaptationData, old: OldPolicy, tasks: slice, *, create_graph: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sums over ``tasks`` of each task's surrogate loss and KL(old adapted || new adapted).
+
+        One forward of the adapted policies on the validation steps serves both. Each
+        task's terms are means over its real steps; divide by the tasks for the means.
+        """
+        valid = task_subset(data.valid, tasks)
+        train = [task_subset(batch, tasks) for batch in data.train]
+        adapted = self.inner.adapted_params(train, create_graph=create_graph)
+        mean = batched_mean(self.policy.spec, adapted, valid.observations)
+        log_std = adapted["log_std"].unsqueeze(1)
+        ratio = torch.exp(gaussian_log_prob(valid.actions, mean, log_std) - old.log_probs[tasks])
+        loss = -masked_mean(ratio * valid.advantages, valid.mask).sum()
+        kl = diag_gaussian_kl(old.mean[tasks], old.log_std[tasks], mean, log_std)
+        return loss, masked_mean(kl, valid.mask).sum()
 
     def _surrogate_and_kl(
         self, data: AdaptationData, old: OldPolicy, *, create_graph: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean over tasks of the surrogate loss and of KL(old adapted || new adapted).
-
-        One forward of the adapted policies on the validation steps serves both.
-        """
-        valid = data.valid
-        adapted = self.inner.adapted_params(data.train, create_graph=create_graph)
-        mean = batched_mean(self.policy.spec, adapted, valid.observations)
-        log_std = adapted["log_std"].unsqueeze(1)
-        ratio = torch.exp(gaussian_log_prob(valid.actions, mean, log_std) - old.log_probs)
-        loss = -masked_mean(ratio * valid.advantages, valid.mask).mean()
-        kl = diag_gaussian_kl(old.mean, old.log_std, mean, log_std)
-        return loss, masked_mean(kl, valid.mask).mean()
+        """Means over the meta-batch's tasks of the surrogate loss and of the KL, chunk by
+        chunk (without ``create_graph`` each chunk's graph is freed before the next)."""
+        n_tasks = data.valid.observations.shape[0]
+        loss = kl = torch.zeros((), device=data.valid.observations.device)
+        for tasks in self._chunks(n_tasks):
+            loss_c, kl_c = self._summed_losses(data, old, tasks, create_graph=create_graph)
+            if not create_graph:
+                loss_c, kl_c = loss_c.detach(), kl_c.detach()
+            loss, kl = loss + loss_c, kl + kl_c
+        return loss / n_tasks, kl / n_tasks
 
     def _fisher_kl(self, data: AdaptationData, full_kl: torch.Tensor) -> torch.Tensor:
-        """The KL whose Hessian preconditions the step (see the ``trpo_fisher`` config key).
-
-        ``"full"`` on every task: the exact KL through the inner loop. ``"adapted"``
-        writes the adapted policies as ``theta + const`` (the inner step held fixed),
-        which drops the terms that make the exact Hessian-vector product dearer but
-        also the inner step's sensitivity to ``theta``: once MAML has made that large
-        the real KL of a step is hundreds of times the modelled one and the line search
-        shrinks every step to a few percent. With ``fisher_stride > 1`` the KL is
-        averaged over every ``fisher_stride``-th task of the meta-batch: an unbiased
-        estimate of the same Fisher, and each Hessian-vector product (90% of the update)
-        costs that many times less, because it runs through the inner loop of fewer tasks.
-        """
+        """The mean KL whose Hessian is the Fisher, every chunk at once (``full_kl``, the
+        mean KL of :meth:`_surrogate_and_kl`, when that is it); the update takes the same
+        KL chunk by chunk."""
         if self.fisher == "full" and self.fisher_stride == 1:
             return full_kl
-        tasks = slice(None, None, self.fisher_stride)
+        n_tasks = data.valid.observations.shape[0]
+        chunks = self._chunks(n_tasks, self.fisher_stride)
+        return sum(self._fisher_kl_sum(data, t) for t in chunks) / len(
+            range(0, n_tasks, self.fisher_stride)
+        )
+
+    def _fisher_kl_sum(self, data: AdaptationData, tasks: slice) -> torch.Tensor:
+        """The KL of ``tasks`` whose Hessian preconditions the step (``trpo_fisher``), summed.
+
+        ``"full"``: the exact KL through the inner loop. ``"adapted"`` writes the adapted
+        policies as ``theta + const`` (the inner step held fixed), which drops the terms
+        that make the exact Hessian-vector product dearer but also the inner step's
+        sensitivity to ``theta``: once MAML has made that large the real KL of a step
+        is hundreds of times the modelled one and the line search shrinks every step
+        to a few percent. With ``fisher_stride > 1`` only every ``fisher_stride``-th task
+        enters: an unbiased estimate of the same Fisher, and each Hessian-vector product
+        (90% of the update) costs that many times less, because it runs through the
+        inner loop of fewer tasks.
+        """
         valid = task_subset(data.valid, tasks)
         old_params = {k: v[tasks] for k, v in data.old_params.items()}
         if self.fisher == "full":
@@ -151,39 +199,61 @@ class TRPOUpdate:
             meta = expand_params(self.policy.params(), valid.observations.shape[0])
             adapted = {k: meta[k] + (old_params[k] - meta[k]).detach() for k in meta}
         kl = batched_kl(self.policy.spec, old_params, adapted, valid.observations)
-        return masked_mean(kl, valid.mask).mean()
+        return masked_mean(kl, valid.mask).sum()
 
     def update(self, data: AdaptationData, iteration: int = 0) -> dict[str, float]:
-        """One TRPO step; ``iteration`` is unused (max_kl bounds the step, not a schedule)."""
+        """One TRPO step; ``iteration`` is unused (max_kl bounds the step, not a schedule).
+
+        The surrogate's gradient and the Fisher's first gradients are taken chunk by
+        chunk of tasks (``chunk_tasks``); the Fisher-vector product sums the chunks'.
+        """
         params = self.inner.meta_parameters()
         old = OldPolicy.of(self.policy.spec, data)
-
-        loss, kl = self._surrogate_and_kl(data, old, create_graph=True)
-        grad = flat_grad(loss, params, retain_graph=True)
-        if not (torch.isfinite(loss.detach()) and torch.isfinite(grad).all()):
-            return {"loss/surrogate_before": float(loss.detach()), self.rejected_key: 1.0}
-        fisher_vp = make_hvp(self._fisher_kl(data, kl), params, damping=self.cg_damping)
-        step_dir = conjugate_gradient(fisher_vp, grad, iters=self.cg_iters)
+        n_tasks = data.valid.observations.shape[0]
+        # The exact Fisher on every task shares the surrogate's forward pass.
+        shared_forward = self.fisher == "full" and self.fisher_stride == 1
+        grad = torch.zeros(sum(p.numel() for p in params), device=data.valid.observations.device)
+        loss = torch.zeros_like(grad[0])
+        kl_grads: list[torch.Tensor] = []  # each chunk's first KL gradient, graph kept
+        for tasks in self._chunks(n_tasks):
+            loss_c, kl_c = self._summed_losses(data, old, tasks, create_graph=True)
+            grad = grad + flat_grad(loss_c / n_tasks, params, retain_graph=shared_forward)
+            loss = loss + loss_c.detach() / n_tasks
+            if shared_forward:
+                kl_grads.append(
+                    flat_grad(kl_c / n_tasks, params, retain_graph=True, create_graph=True)
+                )
+        if not (torch.isfinite(loss) and torch.isfinite(grad).all()):
+            return {"loss/surrogate_before": float(loss), self.rejected_key: 1.0}
+        if not shared_forward:
+            n_fisher = len(range(0, n_tasks, self.fisher_stride))
+            for tasks in self._chunks(n_tasks, self.fisher_stride):
+                kl_c = self._fisher_kl_sum(data, tasks) / n_fisher
+                kl_grads.append(flat_grad(kl_c, params, retain_graph=True, create_graph=True))
+        fisher_vp = hvp_of_gradients(kl_grads, params, damping=self.cg_damping)
+        step_dir, fisher_step = conjugate_gradient(
+            fisher_vp, grad, iters=self.cg_iters, return_product=True
+        )
         # Scale so that the quadratic model of the KL equals max_kl: 0.5 s^T F s * beta^2 = max_kl.
-        shs = 0.5 * torch.dot(step_dir, fisher_vp(step_dir))
-        full_step = -step_dir * math.sqrt(self.max_kl / max(float(shs), 1e-12))
-        del fisher_vp  # frees the double-backward graph before the line search
+        shs = 0.5 * torch.dot(step_dir, fisher_step)
+        full_step = -step_dir * torch.sqrt(self.max_kl / shs.clamp_min(1e-12))
+        del fisher_vp, kl_grads  # frees the double-backward graphs before the line search
 
         def evaluate() -> tuple[float, float]:
             new_loss, new_kl = self._surrogate_and_kl(data, old, create_graph=False)
-            return float(new_loss.detach()), float(new_kl.detach())
+            return float(new_loss), float(new_kl)
 
         result = backtracking_line_search(
             params,
             full_step,
             evaluate,
-            old_loss=float(loss.detach()),
+            old_loss=float(loss),
             max_kl=self.max_kl,
             max_backtracks=self.ls_max_backtracks,
             backtrack_ratio=self.ls_backtrack_ratio,
         )
         return {
-            "loss/surrogate_before": float(loss.detach()),
+            "loss/surrogate_before": float(loss),
             "loss/surrogate_after": result.loss,
             "trpo/kl": result.kl,
             "trpo/grad_norm": float(grad.norm()),
@@ -210,6 +280,7 @@ def build_trpo_update(config: Config, inner: MAMLInnerLoop) -> TRPOUpdate:
         ls_backtrack_ratio=config.ls_backtrack_ratio,
         fisher=config.trpo_fisher,
         fisher_subsample=config.fisher_subsample,
+        chunk_tasks=config.trpo_chunk_tasks,
     )
 
 
