@@ -324,6 +324,16 @@ class MAMLInnerLoop:
             explained_variance=train[0].explained_variance if train else data.explained_variance,
         )
 
+    def meta_test(
+        self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
+    ) -> torch.Tensor:
+        """Every gradient-based learner's meta-test: the mean return of each task after
+        k = 0..adapt_steps inner steps, ``[adapt_steps + 1, T]``."""
+        data = self.collect(
+            tasks, episodes_per_task=episodes_per_task, batch_key=batch_key, adapt_steps=adapt_steps
+        )
+        return data.per_task_returns
+
     def adapted_params(
         self, train: list[ProcessedBatch], *, create_graph: bool = True
     ) -> TaskParams:
@@ -343,6 +353,30 @@ class MAMLInnerLoop:
             loss = reinforce_loss(self.policy, data)
             params = adapt(params, loss, lr=lr, first_order=first_order)
         return params
+
+
+def iteration_result(
+    data: AdaptationData,
+    scalars: dict[str, float],
+    *,
+    update_seconds: float,
+    rejected: bool,
+    kl: float | None,
+) -> IterationResult:
+    """What a gradient-based learner reports for an iteration of ``data`` and its update."""
+    scalars["baseline/explained_variance"] = data.explained_variance
+    return IterationResult(
+        returns_per_step=data.returns_per_step,
+        env_steps=data.env_steps,
+        times={
+            "sampling": data.time_sampling,
+            "adaptation": data.time_adaptation,
+            "update": update_seconds,
+        },
+        scalars=scalars,
+        rejected=rejected,
+        kl=kl,
+    )
 
 
 class MAML:
@@ -370,29 +404,22 @@ class MAML:
         )
         start = time.perf_counter()
         scalars = self.outer.update(data, iteration)
-        scalars["baseline/explained_variance"] = data.explained_variance
         scalars.update(self.inner.stats())
-        return IterationResult(
+        return iteration_result(
+            data,
+            scalars,
+            update_seconds=time.perf_counter() - start,
             rejected=scalars.get(self.outer.rejected_key, 0.0) > 0,
             kl=scalars.get(self.outer.kl_key),
-            returns_per_step=data.returns_per_step,
-            env_steps=data.env_steps,
-            times={
-                "sampling": data.time_sampling,
-                "adaptation": data.time_adaptation,
-                "update": time.perf_counter() - start,
-            },
-            scalars=scalars,
         )
 
     def meta_test(
         self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
     ) -> torch.Tensor:
         """Mean return of each task after k = 0..adapt_steps steps: ``[adapt_steps + 1, T]``."""
-        data = self.inner.collect(
-            tasks, episodes_per_task=episodes_per_task, batch_key=batch_key, adapt_steps=adapt_steps
+        return self.inner.meta_test(
+            tasks, adapt_steps=adapt_steps, episodes_per_task=episodes_per_task, batch_key=batch_key
         )
-        return data.per_task_returns
 
     def state_dict(self) -> dict:
         return {

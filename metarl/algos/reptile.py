@@ -24,7 +24,13 @@ from typing import TYPE_CHECKING
 import torch
 
 from metarl.algos.base import Algorithm, IterationResult
-from metarl.algos.maml import MAMLInnerLoop, MAMLOptions, build_inner_loop, build_mlp_policy
+from metarl.algos.maml import (
+    MAMLInnerLoop,
+    MAMLOptions,
+    build_inner_loop,
+    build_mlp_policy,
+    iteration_result,
+)
 from metarl.functional import TaskParams
 from metarl.optim import scheduled_lr
 from metarl.options import ConfigError, option
@@ -110,33 +116,24 @@ class Reptile:
             with torch.no_grad():
                 for name, param in self.policy.named_parameters():
                     param.copy_(new[name])
-        scalars = {
-            "reptile/outer_lr": outer_lr,
-            "reptile/step_norm": float(step_norm),
-            "baseline/explained_variance": data.explained_variance,
-        }
+        scalars = {"reptile/outer_lr": outer_lr, "reptile/step_norm": float(step_norm)}
         if rejected:
             scalars["reptile/rejected_nonfinite"] = 1.0
-        return IterationResult(
-            returns_per_step=data.returns_per_step,
-            env_steps=data.env_steps,
-            times={
-                "sampling": data.time_sampling,
-                "adaptation": data.time_adaptation,
-                "update": time.perf_counter() - start,
-            },
-            scalars=scalars,
+        return iteration_result(
+            data,
+            scalars,
+            update_seconds=time.perf_counter() - start,
             rejected=rejected,
+            kl=None,
         )
 
     def meta_test(
         self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
     ) -> torch.Tensor:
         """Mean return of each task after k = 0..adapt_steps inner steps: ``[K + 1, T]``."""
-        data = self.inner.collect(
-            tasks, episodes_per_task=episodes_per_task, batch_key=batch_key, adapt_steps=adapt_steps
+        return self.inner.meta_test(
+            tasks, adapt_steps=adapt_steps, episodes_per_task=episodes_per_task, batch_key=batch_key
         )
-        return data.per_task_returns
 
     def state_dict(self) -> dict:
         # epsilon is a function of the iteration and inner Adam starts afresh per task: no state
