@@ -94,8 +94,8 @@ def test_every_registered_algorithm_is_an_algorithm_with_its_own_keys():
     declared = [f.name for group in option_groups() for f in dataclasses.fields(group)]
     assert len(declared) == len(set(declared))  # no key declared twice
     titles = [title for title, _ in key_groups()]
-    assert "MAML inner loop (maml-trpo, maml-ppo)" in titles
-    assert "PPO update (maml-ppo, rl2)" in titles
+    assert "MAML inner loop (maml-trpo, maml-ppo, reptile, meta-sgd)" in titles
+    assert "PPO update (maml-ppo, rl2, meta-sgd)" in titles
 
 
 def test_help_lists_each_algorithms_flags_under_its_group():
@@ -103,8 +103,8 @@ def test_help_lists_each_algorithms_flags_under_its_group():
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0
     text = result.stdout
-    trpo = text.index("MAML-TRPO outer loop (maml-trpo):")
-    assert text.index("--max-kl", trpo) < text.index("PPO update (maml-ppo, rl2):")
+    trpo = text.index("MAML-TRPO outer loop (maml-trpo, meta-sgd):")
+    assert text.index("--max-kl", trpo) < text.index("PPO update (maml-ppo, rl2, meta-sgd):")
     rl2 = text.index("RL2 (rl2):")
     assert rl2 > trpo and "--rl2-hidden-size" in text[rl2:]
 
@@ -121,7 +121,8 @@ def test_each_learner_follows_the_protocol(name, tmp_path):
         assert learner.name == name and learner.adaptation_unit in ("step", "episode")
         result = learner.train_iteration(list(run.pools.train[:2]), 0)
         assert isinstance(result, IterationResult) and result.rejected is False
-        assert result.kl is not None and result.env_steps > 0
+        assert result.env_steps > 0
+        assert (result.kl is None) == (name == "reptile")  # Reptile's step has no trust region
         per_task = learner.meta_test(list(run.pools.test), adapt_steps=1, episodes_per_task=2,
                                      batch_key=("test", 0))  # fmt: skip
         assert per_task.shape == (2, 2) and torch.isfinite(per_task).all()
