@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from metarl.algos.base import Algorithm, IterationResult
+from metarl.algos.base import ActorRun, Algorithm, IterationResult
 from metarl.algos.maml import MAMLInnerLoop, MAMLOptions, build_inner_loop, build_mlp_policy
 from metarl.functional import TaskParams
 from metarl.optim import scheduled_lr
@@ -137,6 +137,14 @@ class Reptile:
             tasks, episodes_per_task=episodes_per_task, batch_key=batch_key, adapt_steps=adapt_steps
         )
         return data.per_task_returns
+
+    def adapted_actors(
+        self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
+    ) -> list[list[ActorRun]]:
+        """The policy before and after each inner step, as :meth:`meta_test` adapts it."""
+        return self.inner.adapted_actors(
+            tasks, adapt_steps=adapt_steps, episodes_per_task=episodes_per_task, batch_key=batch_key
+        )
 
     def state_dict(self) -> dict:
         # epsilon is a function of the iteration and inner Adam starts afresh per task: no state
