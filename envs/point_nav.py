@@ -17,6 +17,12 @@ on the position *after* the move. No family ever terminates: episodes end only
 by truncation at the horizon (the TimeLimit added by ``gymnasium.make``, 100
 steps by default), so every episode has the same length. ``info`` holds
 ``"task"`` and ``"distance"`` (``||pos - goal||_2`` after the move).
+
+Rendering (all three): ``render_mode="rgb_array"`` gives a 128x128x3 uint8 image
+of ``[-1.25, 1.25]^2`` (:data:`VIEW_HALF_SIZE`): white, the start as a grey cross,
+the goal as a green dot inside its 0.2 circle (:data:`GOAL_RADIUS`), the path so far
+in blue and the point as a red square. Without a render mode nothing is recorded,
+so sampling pays nothing for it.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import gymnasium
 import numpy as np
 from gymnasium import spaces
 from metarl.envs.base import TaskFamilyMixin
+from metarl.envs.sketch import GREY, INK, PEN, draw_polyline, to_pixels
 
 __all__ = [
     "GoalTask",
@@ -48,6 +55,9 @@ GOAL_RADIUS = 0.2
 """The sparse reward is paid within this distance of the goal (PEARL's value)."""
 REWARD_KINDS = ("dense", "sparse", "shaped")
 """The reward functions a :class:`RewardTask` can pick."""
+VIEW_HALF_SIZE = 1.25
+"""A rendered frame shows ``[-1.25, 1.25]^2``: every family's goals with a margin."""
+GOAL = (44, 160, 44)
 
 
 @dataclass(frozen=True)
@@ -91,15 +101,49 @@ def shaped_reward(distance_before: float, distance: float, radius: float = GOAL_
     return (distance_before - distance) + sparse_reward(distance, radius)
 
 
+def circle(centre: np.ndarray, radius: float, n: int = 48) -> np.ndarray:
+    """``n + 1`` points ``[n + 1, 2]`` around a circle, the first repeated at the end."""
+    angle = np.linspace(0.0, 2.0 * math.pi, n + 1)
+    return centre + radius * np.stack([np.cos(angle), np.sin(angle)], axis=1)
+
+
+def render_point_nav(goal: np.ndarray, path: np.ndarray, size: int = 128) -> np.ndarray:
+    """The arena as an RGB image, ``[size, size, 3]`` uint8 (see the module docstring).
+
+    Args:
+        goal: ``(2,)``. path: ``[N, 2]`` positions, the last one the point's.
+    """
+    image = np.full((size, size, 3), 255, np.uint8)
+
+    def pixels(points: np.ndarray) -> np.ndarray:
+        return to_pixels(np.asarray(points, np.float64) / VIEW_HALF_SIZE, size)
+
+    for arm in ((-0.05, 0.0), (0.0, -0.05)):  # the start, a small cross at the origin
+        draw_polyline(image, pixels(np.array([arm, (-arm[0], -arm[1])])), GREY)
+    draw_polyline(image, pixels(circle(goal, GOAL_RADIUS)), GOAL)
+    row, col = pixels(goal.reshape(1, 2))[0]
+    image[max(row - 1, 0) : row + 2, max(col - 1, 0) : col + 2] = GOAL
+    draw_polyline(image, pixels(path), INK)
+    row, col = pixels(path[-1:])[0]
+    image[max(row - 2, 0) : row + 3, max(col - 2, 0) : col + 3] = PEN
+    return image
+
+
 class _PointNavBase(gymnasium.Env):
     """The shared point mass; subclasses define tasks and ``_reward``."""
 
-    metadata: ClassVar[dict[str, Any]] = {"render_modes": []}
+    metadata: ClassVar[dict[str, Any]] = {"render_modes": ["rgb_array"], "render_fps": 20}
     default_horizon: ClassVar[int] = 100
+    render_size: ClassVar[int] = 128
 
     def __init__(self, render_mode: str | None = None) -> None:
-        if render_mode is not None:
-            raise ValueError(f"{type(self).__name__} cannot render (render_mode={render_mode!r})")
+        if render_mode is not None and render_mode not in self.metadata["render_modes"]:
+            raise ValueError(
+                f"{type(self).__name__}: render_mode must be None or one of "
+                f"{self.metadata['render_modes']}, got {render_mode!r}"
+            )
+        self.render_mode = render_mode
+        self._path: list[tuple[float, float]] = []  # recorded only when rendering
         self.observation_space = spaces.Box(-np.inf, np.inf, shape=(2,), dtype=np.float32)
         self.action_space = spaces.Box(-MAX_SPEED, MAX_SPEED, shape=(2,), dtype=np.float32)
         self._pos = np.zeros(2, dtype=np.float64)
@@ -122,6 +166,7 @@ class _PointNavBase(gymnasium.Env):
         task = self._require_task()  # type: ignore[attr-defined]
         super().reset(seed=seed)
         self._pos = np.zeros(2, dtype=np.float64)
+        self._path = [(0.0, 0.0)]
         return self._pos.astype(np.float32), {"task": task, "distance": self._distance()}
 
     def step(self, action: Any) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -133,10 +178,24 @@ class _PointNavBase(gymnasium.Env):
             min(max(ax, -MAX_SPEED), MAX_SPEED),
             min(max(ay, -MAX_SPEED), MAX_SPEED),
         )
+        if self.render_mode is not None:
+            self._path.append((float(self._pos[0]), float(self._pos[1])))
         distance = self._distance()
         reward = self._reward(distance_before, distance)
         info = {"task": task, "distance": distance}
         return self._pos.astype(np.float32), reward, False, False, info
+
+    def render(self) -> np.ndarray | None:
+        """The arena as ``[128, 128, 3]`` uint8 (module docstring); None without a mode."""
+        if self.render_mode is None:
+            gymnasium.logger.warn(f"{type(self).__name__}.render: no render_mode was given.")
+            return None
+        self._require_task()  # type: ignore[attr-defined]
+        if not self._path:
+            raise gymnasium.error.ResetNeeded(
+                f"{type(self).__name__}: call reset() before render()"
+            )
+        return render_point_nav(self._goal, np.array(self._path), self.render_size)
 
 
 class PointNavEnv(TaskFamilyMixin[GoalTask], _PointNavBase):

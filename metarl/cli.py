@@ -21,8 +21,9 @@ from metarl.checkpoint import CheckpointError
 from metarl.envs.base import TaskAPIError
 from metarl.options import ConfigError
 from metarl.sampling import SamplerError
+from metarl.video import VideoError
 
-BAD_INPUT = (ConfigError, registry.UnknownEnvError, CheckpointError, TaskAPIError)
+BAD_INPUT = (ConfigError, registry.UnknownEnvError, CheckpointError, TaskAPIError, VideoError)
 """Errors that mean the user's input is wrong: exit code 2."""
 
 

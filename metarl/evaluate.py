@@ -12,7 +12,10 @@ into the run directory:
   there, not in the overall mean), and the mean of those curves with each
   distinct task weighted equally (a pool of 8 backward and 12 forward draws
   then reads as the balanced family it samples from);
-* ``eval/<name>.png``: the adaptation curve of every task and their mean.
+* ``eval/<name>.png``: the adaptation curve of every task and their mean;
+* with ``--video``: MP4s, a GIF and a PNG sheet of held-out tasks played before and
+  after each unit of adaptation, and the same in TensorBoard (:mod:`metarl.video`);
+  with ``--sheet``, the PNG sheet alone.
 
 What a unit of adaptation is comes from the learner (its ``adaptation_unit``):
 for MAML a policy-gradient step, for RL2 an episode of the trial.
@@ -33,7 +36,19 @@ import torch
 from metarl.checkpoint import latest_checkpoint, load_checkpoint
 from metarl.cli import OneLineErrorParser, run_command
 from metarl.config import CONFIG_FIELDS, build_config
+from metarl.options import ConfigError
 from metarl.sampling.backends import BACKENDS
+from metarl.video import (
+    Film,
+    VideoError,
+    log_film,
+    open_render_env,
+    parse_size,
+    require_extra,
+    shoot,
+    task_label,
+    write_film,
+)
 
 PROG = "python -m metarl.evaluate"
 UNIT_NAMES = {"step": ("adaptation step", "step"), "episode": ("episode", "ep")}
@@ -66,6 +81,38 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--ray-address", help="with --sampler ray: the cluster to join; default: the run's"
     )
     parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation rollouts")
+    video = parser.add_argument_group(
+        "video", 'watch it adapt (MP4 and GIF need pip install "metarl[video]")'
+    )
+    video.add_argument(
+        "--video",
+        action="store_true",
+        help="render tasks before and after each unit of adaptation with the mean action: "
+        "eval/*_video_grid.mp4/.gif, one *_video_task<i>.mp4 per task, *_sheet.png, TensorBoard",
+    )
+    video.add_argument(
+        "--sheet",
+        action="store_true",
+        help="only the PNG sheet: every task's last frame per unit of adaptation (no extra needed)",
+    )
+    video.add_argument(
+        "--video-tasks",
+        type=int,
+        metavar="N",
+        help="first N tasks of the pool; default: the run's n_probe_tasks",
+    )
+    video.add_argument(
+        "--video-steps",
+        type=int,
+        metavar="K",
+        help="adaptation steps (RL2: episodes - 1); default: --adapt-steps",
+    )
+    video.add_argument(
+        "--video-size",
+        default="128",
+        metavar="WxH",
+        help="cell size in pixels, WIDTHxHEIGHT or one number",
+    )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
     return parser
 
@@ -176,6 +223,61 @@ def write_outputs(out_dir: Path, name: str, per_task: torch.Tensor, meta: dict) 
     return [csv_path, json_path, png_path]
 
 
+def video_settings(args: argparse.Namespace, config, pool: list) -> tuple[list, int, tuple]:
+    """The tasks, adaptation steps and cell size ``(h, w)`` of ``--video``/``--sheet``."""
+    n_tasks = config.n_probe_tasks if args.video_tasks is None else args.video_tasks
+    steps = args.adapt_steps if args.video_steps is None else args.video_steps
+    if n_tasks < 1 or steps < 0:
+        raise ConfigError("--video-tasks must be >= 1 and --video-steps >= 0")
+    try:
+        cell = parse_size(args.video_size)
+    except ValueError as exc:
+        raise ConfigError(f"--video-size: {exc}") from exc
+    return list(pool[:n_tasks]), steps, cell
+
+
+def open_video(args: argparse.Namespace, run, pool: list):
+    """Everything a film needs, checked before the evaluation so a bad setup fails fast:
+    the learner's support, the extra (unless ``--sheet`` alone) and a renderer."""
+    if not callable(getattr(run.learner, "adapted_actors", None)):
+        raise VideoError(
+            f"video is not supported for {run.config.algo}: its learner has no adapted_actors()"
+        )
+    if args.video:
+        require_extra()
+    tasks, steps, cell = video_settings(args, run.config, pool)
+    env = open_render_env(
+        run.config.env,
+        horizon=run.horizon,
+        env_kwargs=run.config.env_kwargs,
+        cell=cell,
+        probe_task=tasks[0],
+    )
+    return env, tasks, steps, cell
+
+
+def shoot_film(args: argparse.Namespace, run, env, tasks: list, steps: int, cell: tuple) -> Film:
+    """Render ``tasks`` with the learner's adapted policies, adapted as the evaluation adapts
+    (same episodes per task and batch key, so the same episodes for the same tasks)."""
+    runs = run.learner.adapted_actors(
+        tasks,
+        adapt_steps=steps,
+        episodes_per_task=args.episodes or run.config.episodes_per_task,
+        batch_key=("evaluate", args.seed),
+    )
+    titles = [f"{args.tasks} task {i}: {task_label(task)}" for i, task in enumerate(tasks)]
+    return shoot(
+        env,
+        tasks,
+        runs,
+        unit=run.learner.adaptation_unit,
+        horizon=run.horizon,
+        seed=args.seed,
+        cell=cell,
+        titles=titles,
+    )
+
+
 def evaluate(args: argparse.Namespace) -> int:
     from metarl.run import restore_run
 
@@ -191,9 +293,12 @@ def evaluate(args: argparse.Namespace) -> int:
         overrides["ray_address"] = args.ray_address
     config = build_config({**state["config"], **overrides})
     run = restore_run(state, config, run_dir)
+    film, render_env = None, None
     try:
         pool = run.pools.test if args.tasks == "test" else run.pools.train
         tasks = list(pool[: args.n_tasks] if args.n_tasks else pool)
+        if args.video or args.sheet:
+            render_env, video_tasks, video_steps, cell = open_video(args, run, pool)
         per_task = run.learner.meta_test(
             tasks,
             adapt_steps=args.adapt_steps,
@@ -201,8 +306,12 @@ def evaluate(args: argparse.Namespace) -> int:
             batch_key=("evaluate", args.seed),
         )
         unit, column = UNIT_NAMES[run.learner.adaptation_unit]
+        if render_env is not None:
+            film = shoot_film(args, run, render_env, video_tasks, video_steps, cell)
     finally:
         run.sampler.close()
+        if render_env is not None:
+            render_env.close()
     meta = {
         "run_dir": str(run_dir),
         "checkpoint": str(path),
@@ -229,6 +338,16 @@ def evaluate(args: argparse.Namespace) -> int:
         print(f"  each distinct task weighted equally: {curve}")
     for written in write_outputs(run_dir / "eval", name, per_task, meta):
         print(f"wrote {written}")
+    if film is not None:
+        film_name = f"{args.tasks}_iter{meta['iteration']:06d}_steps{video_steps}"
+        written = write_film(film, run_dir / "eval", film_name, sheet_only=not args.video)
+        for path in written:
+            print(f"wrote {path}")
+        if args.video:
+            tag = f"video/{args.tasks}_adaptation"
+            gif = next(path for path in written if path.suffix == ".gif")
+            log_film(run_dir, tag, film, gif.read_bytes(), meta["iteration"])
+            print(f"wrote TensorBoard images {tag} (animated) and {tag}_final to {run_dir}")
     return 0
 
 

@@ -7,6 +7,7 @@ here and never goes through a command-line module.
 
 from __future__ import annotations
 
+import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +26,7 @@ from metarl.envs.base import TaskPools, check_task_api, make_task_pools
 from metarl.sampling import Sampler, make_sampler
 from metarl.sampling.backends import BACKENDS
 from metarl.seeding import derive_rng, derive_seed
+from metarl.video import is_gl_failure
 
 
 @dataclass
@@ -83,6 +85,16 @@ def make_config_env(config: Config) -> gymnasium.Env:
             f"config key 'env_kwargs': {config.env_kwargs!r} is not accepted by "
             f"{config.env!r}: {first_line(exc)}"
         ) from exc
+    except Exception as exc:
+        # MUJOCO_GL=osmesa (or egl) where that library is missing breaks `import mujoco` itself
+        backend = os.environ.get("MUJOCO_GL")
+        if backend and is_gl_failure(exc):
+            raise ConfigError(
+                f"importing MuJoCo for {config.env!r} failed with MUJOCO_GL={backend} "
+                f"({type(exc).__name__}: {first_line(exc)}): that backend's library is not "
+                "installed here; set MUJOCO_GL=egl, or unset it when not rendering"
+            ) from exc
+        raise
 
 
 def build_task_pools(config: Config, env: Any) -> TaskPools:

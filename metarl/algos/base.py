@@ -17,6 +17,7 @@ import torch
 if TYPE_CHECKING:
     from metarl.config import Config
     from metarl.sampling import Sampler
+    from metarl.sampling.rollout import Actor
 
 AdaptationUnit = Literal["step", "episode"]
 
@@ -72,6 +73,45 @@ class MetaLearner(Protocol):
         ...
 
     def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass(frozen=True)
+class ActorRun:
+    """One policy acting on one task for ``episodes`` consecutive episodes.
+
+    The actor's state (RL2's hidden state, previous action and reward) is carried from
+    one episode of the run to the next, as within a sampler trial; a stateless MLP policy
+    of one adaptation step is a run of one episode.
+
+    Attributes:
+        actor: an :class:`~metarl.sampling.rollout.Actor` of one policy (parameters with a
+            leading axis of 1); ``actor.start(0, 1, 1)`` begins the run.
+        episodes: how many consecutive episodes it acts for (>= 1).
+    """
+
+    actor: Actor
+    episodes: int = 1
+
+
+class ShowsAdaptation(Protocol):
+    """An optional extension of :class:`MetaLearner`: the policies that meta-test acts with.
+
+    :mod:`metarl.video` renders them (``python -m metarl.evaluate RUN_DIR --video``); a
+    learner without :meth:`adapted_actors` cannot be filmed, and says so in one line.
+    """
+
+    def adapted_actors(
+        self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
+    ) -> list[list[ActorRun]]:
+        """Per task, the runs whose episodes, in order, are the ``adapt_steps + 1`` units
+        of adaptation of :meth:`MetaLearner.meta_test` with the same arguments.
+
+        ``"step"`` learners: ``adapt_steps + 1`` one-episode runs, the policy before
+        adapting and after each step, adapted on the episodes ``meta_test`` samples.
+        ``"episode"`` learners: one run of ``adapt_steps + 1`` episodes (one trial).
+        The episodes' total is ``adapt_steps + 1`` for every task.
+        """
+        ...
 
 
 PolicyBuilder = Callable[["Config", int, int], torch.nn.Module]

@@ -22,9 +22,10 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
+import numpy as np
 import torch
 
-from metarl.algos.base import IterationResult
+from metarl.algos.base import ActorRun, IterationResult
 from metarl.functional import (
     AdamState,
     StepSize,
@@ -140,6 +141,11 @@ def to_device(x: torch.Tensor, device: torch.device) -> torch.Tensor:
     return x.to(device)
 
 
+def task_params(stacked: dict[str, np.ndarray], t: int) -> dict[str, np.ndarray]:
+    """Task ``t``'s parameters out of ``[T, ...]`` arrays, keeping the axis: ``[1, ...]``."""
+    return {name: value[t : t + 1] for name, value in stacked.items()}
+
+
 def task_subset(batch: ProcessedBatch, tasks: slice) -> ProcessedBatch:
     """The tasks ``tasks`` of ``batch`` (a view: ``[T', N, ...]``; the summaries are kept)."""
     return dataclasses.replace(
@@ -175,6 +181,8 @@ class AdaptationData:
         per_task_returns: ``[K + 1, T]`` mean return of each task after k steps.
         env_steps: real env steps collected.
         time_sampling / time_adaptation: seconds spent in each.
+        acting_params: ``K + 1`` numpy parameter sets; ``acting_params[k]`` (``[T, ...]``
+            per name, float64) is what the policies after k steps sampled with.
     """
 
     train: list[ProcessedBatch]
@@ -186,6 +194,7 @@ class AdaptationData:
     time_sampling: float = 0.0
     time_adaptation: float = 0.0
     explained_variance: float = field(default=0.0)
+    acting_params: list[dict[str, np.ndarray]] = field(default_factory=list)
 
 
 class LearnedStepSizes(Protocol):
@@ -286,13 +295,15 @@ class MAMLInnerLoop:
         meta = {k: v.detach().requires_grad_() for k, v in self.policy.params().items()}
         params = expand_params(meta, len(tasks))
         train, returns_per_step, per_task, steps = [], [], [], 0
+        acting = []  # the numpy parameters each step sampled with, kept for adapted_actors
         t_sample = t_adapt = 0.0
         adam_state: AdamState | None = None  # Reptile's Adam: fresh moments per task and call
         for k in range(adapt_steps + 1):
             start = time.perf_counter()
+            acting.append(params_to_numpy(params))  # stacked: [T, ...] per parameter
             batch = self.sampler.sample(
                 tasks,
-                params_to_numpy(params),  # stacked: [T, ...] per parameter
+                acting[-1],
                 episodes_per_task=episodes_per_task,
                 batch_key=(*batch_key, k),
             )
@@ -322,6 +333,7 @@ class MAMLInnerLoop:
             time_sampling=t_sample,
             time_adaptation=t_adapt,
             explained_variance=train[0].explained_variance if train else data.explained_variance,
+            acting_params=acting,
         )
 
     def meta_test(
@@ -333,6 +345,25 @@ class MAMLInnerLoop:
             tasks, episodes_per_task=episodes_per_task, batch_key=batch_key, adapt_steps=adapt_steps
         )
         return data.per_task_returns
+
+    def adapted_actors(
+        self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
+    ) -> list[list[ActorRun]]:
+        """Per task, the policy before adapting and after each of ``adapt_steps`` steps.
+
+        The parameters are those :meth:`collect` samples with, so with ``meta_test``'s
+        arguments they are the policies whose returns ``meta_test`` reports.
+        """
+        data = self.collect(
+            tasks, episodes_per_task=episodes_per_task, batch_key=batch_key, adapt_steps=adapt_steps
+        )
+        return [
+            [
+                ActorRun(self.policy.spec.make_actor(task_params(params, t)))
+                for params in data.acting_params
+            ]
+            for t in range(len(tasks))
+        ]
 
     def adapted_params(
         self, train: list[ProcessedBatch], *, create_graph: bool = True
@@ -418,6 +449,14 @@ class MAML:
     ) -> torch.Tensor:
         """Mean return of each task after k = 0..adapt_steps steps: ``[adapt_steps + 1, T]``."""
         return self.inner.meta_test(
+            tasks, adapt_steps=adapt_steps, episodes_per_task=episodes_per_task, batch_key=batch_key
+        )
+
+    def adapted_actors(
+        self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
+    ) -> list[list[ActorRun]]:
+        """The policy before and after each inner step: :meth:`MAMLInnerLoop.adapted_actors`."""
+        return self.inner.adapted_actors(
             tasks, adapt_steps=adapt_steps, episodes_per_task=episodes_per_task, batch_key=batch_key
         )
 

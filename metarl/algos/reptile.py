@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from metarl.algos.base import Algorithm, IterationResult
+from metarl.algos.base import ActorRun, Algorithm, IterationResult
 from metarl.algos.maml import (
     MAMLInnerLoop,
     MAMLOptions,
@@ -132,6 +132,14 @@ class Reptile:
     ) -> torch.Tensor:
         """Mean return of each task after k = 0..adapt_steps inner steps: ``[K + 1, T]``."""
         return self.inner.meta_test(
+            tasks, adapt_steps=adapt_steps, episodes_per_task=episodes_per_task, batch_key=batch_key
+        )
+
+    def adapted_actors(
+        self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
+    ) -> list[list[ActorRun]]:
+        """The policy before and after each inner step, as :meth:`meta_test` adapts it."""
+        return self.inner.adapted_actors(
             tasks, adapt_steps=adapt_steps, episodes_per_task=episodes_per_task, batch_key=batch_key
         )
 

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from metarl.algos.base import Algorithm, IterationResult
+from metarl.algos.base import ActorRun, Algorithm, IterationResult
 from metarl.algos.ppo import PPOOptions, lr_anneal_iterations
 from metarl.optim import ClippedSurrogate, apply_scheduled_lr, clipped_surrogate, past_kl_target
 from metarl.options import ConfigError, option
@@ -159,6 +159,19 @@ class RL2:
             batch_key=batch_key,
         )
         return batch.episode_returns.mean(dim=1).T  # [K, T]
+
+    def adapted_actors(
+        self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
+    ) -> list[list[ActorRun]]:
+        """Per task, one trial of ``adapt_steps + 1`` episodes of the recurrent policy.
+
+        RL2 adapts in its hidden state, not its weights, so nothing is sampled here: the
+        trial's actor carries its state from one episode to the next as it acts.
+        """
+        shared = {
+            name: value[None] for name, value in params_to_numpy(self.policy.params()).items()
+        }
+        return [[ActorRun(self.policy.spec.make_actor(shared), adapt_steps + 1)] for _ in tasks]
 
     # -- the PPO update over whole trials -----------------------------------------------------
     def update(self, batch) -> dict[str, float]:
