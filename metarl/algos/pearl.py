@@ -253,8 +253,11 @@ class PEARL:
         for net in (self.encoder, self.q1, self.q2, self.v, self.v_target):
             net.to(device)
         lr = options.pearl_lr
-        self.log_alpha = torch.tensor(float(np.log(max(options.pearl_alpha, 1e-8))),
-                                      device=device, requires_grad=options.pearl_tune_alpha)  # fmt: skip
+        self.log_alpha = torch.tensor(
+            float(np.log(max(options.pearl_alpha, 1e-8))),
+            device=device,
+            requires_grad=options.pearl_tune_alpha,
+        )
         self.target_entropy = -float(a)
         self.optimizers = {
             "policy": torch.optim.Adam(policy.parameters(), lr=lr),
@@ -298,10 +301,10 @@ class PEARL:
         batch = self.sampler.sample(
             tasks, actor_params(self.policy, z), episodes_per_task=1, batch_key=batch_key
         )
-        for task, fields in zip(tasks, episode_transitions(batch)):
-            self.replay.add(task, **fields)
+        for task, transitions in zip(tasks, episode_transitions(batch)):
+            self.replay.add(task, **transitions)
             if to_encoder:
-                self.encoder_replay.add(task, **fields)
+                self.encoder_replay.add(task, **transitions)
         return batch
 
     def collect_iteration(self, tasks: list, iteration: int) -> tuple[list[float], int]:
@@ -372,14 +375,14 @@ class PEARL:
             batch = self.sampler.sample(run, actor_params(self.policy, z), episodes_per_task=1,
                                         batch_key=(*batch_key, "pearl", k))  # fmt: skip
             out[k] = batch.returns[:, 0]
-            for i, fields in enumerate(episode_transitions(batch)):
-                contexts[i].append(context_of({k2: torch.from_numpy(v) for k2, v in
-                                               fields.items() if k2 != "terminals"}))  # fmt: skip
+            for i, transitions in enumerate(episode_transitions(batch)):
+                tensors = {name: torch.from_numpy(v) for name, v in transitions.items()}
+                contexts[i].append(context_of(tensors))
         return out.view(k_total, n_tasks, trials).mean(-1)
 
     # -- the SAC + encoder update, batched over the meta-batch's tasks ----------------------
     def _minibatch(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """An RL batch ``[T, B, ...]`` and a context ``[T, C, in]`` of a meta-batch, on the device."""
+        """A meta-batch's RL batch ``[T, B, ...]`` and context ``[T, C, in]``, on the device."""
         slots = self.rng.integers(0, len(self.replay), self.o.pearl_meta_batch)
         tasks = [self.replay.tasks[s] for s in slots]
         rl = self.replay.sample(slots, self.o.pearl_batch_size, self.rng)
@@ -409,8 +412,13 @@ class PEARL:
         # critic and encoder: the Bellman error of both Q's, plus the KL
         with torch.no_grad():
             next_v = self.v_target(torch.cat([rl["next_obs"], zd], -1)).squeeze(-1)
-            target = soft_bellman_target(rl["rewards"], rl["terminals"], next_v,
-                                         reward_scale=o.pearl_reward_scale, discount=self.discount)  # fmt: skip
+            target = soft_bellman_target(
+                rl["rewards"],
+                rl["terminals"],
+                next_v,
+                reward_scale=o.pearl_reward_scale,
+                discount=self.discount,
+            )
         q_in = torch.cat([obs, actions, zb], -1)
         q_loss = ((self.q1(q_in).squeeze(-1) - target).pow(2).mean()
                   + (self.q2(q_in).squeeze(-1) - target).pow(2).mean())  # fmt: skip
@@ -441,8 +449,8 @@ class PEARL:
             alpha_loss.backward()
             opt["alpha"].step()
         soft_update(self.v_target, self.v, o.pearl_tau)
-        return torch.stack([q_loss.detach(), v_loss.detach(), policy_loss.detach(), kl.detach(),
-                            var.detach().sqrt().mean(), alpha, pi.log_prob.detach().mean()])  # fmt: skip
+        stats = [q_loss, v_loss, policy_loss, kl, var.sqrt().mean(), alpha, pi.log_prob.mean()]
+        return torch.stack([s.detach() for s in stats])
 
     def update(self, steps: int) -> tuple[dict[str, float], bool]:
         """``steps`` gradient steps; one host read at the end. A non-finite loss anywhere
