@@ -270,6 +270,7 @@ class PEARL:
         capacity = options.pearl_buffer_capacity
         self.replay = TaskReplay(d, a, capacity)
         self.encoder_replay = TaskReplay(d, a, capacity)
+        self.seed = seed
         self.rng = np.random.default_rng(derive_seed(seed, "pearl-minibatches"))
 
     def networks(self) -> dict[str, nn.Module]:
@@ -277,17 +278,22 @@ class PEARL:
                 "v": self.v, "v_target": self.v_target}  # fmt: skip
 
     # -- z and data collection (CPU sampling; the encoder runs on the device) --------------
-    def prior_z(self, n: int) -> torch.Tensor:
-        """``[n, L]`` draws from N(0, I)."""
-        return torch.randn(n, self.policy.spec.latent_dim)
+    def prior_z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """``[n, L]`` draws from N(0, I) (CPU; ``generator``: None = torch's global one)."""
+        return torch.randn(n, self.policy.spec.latent_dim, generator=generator)
 
     @torch.no_grad()
-    def posterior_z(self, context: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+    def posterior_z(
+        self,
+        context: torch.Tensor,
+        mask: torch.Tensor | None = None,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
         """One z per task from q(z | context ``[T, N, in]``): ``[T, L]`` on the CPU."""
         mu, var = self.encoder.posterior(
             context.to(self.device), None if mask is None else mask.to(self.device)
         )
-        noise = torch.randn(mu.shape)  # CPU generator: the same draws on any device
+        noise = torch.randn(mu.shape, generator=generator)  # CPU: the same draws on any device
         return (mu.cpu() + var.sqrt().cpu() * noise).float()
 
     def _buffer_context(self, tasks: list) -> torch.Tensor:
@@ -370,8 +376,14 @@ class PEARL:
         run = [task for task in tasks for _ in range(trials)]  # task-major, one trial each
         contexts: list[list[torch.Tensor]] = [[] for _ in run]
         out = torch.zeros(k_total, len(run))
+        # its own generator: a meta-test must not move the training's random stream, or a
+        # resumed run (whose first part ended with a meta-test) would differ from a straight one
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, "pearl-meta-test", *batch_key))
         for k in range(k_total):
-            z = self.prior_z(len(run)) if k == 0 else self.posterior_z(*pad_contexts(contexts))
+            if k == 0:
+                z = self.prior_z(len(run), gen)
+            else:
+                z = self.posterior_z(*pad_contexts(contexts), generator=gen)
             batch = self.sampler.sample(run, actor_params(self.policy, z), episodes_per_task=1,
                                         batch_key=(*batch_key, "pearl", k))  # fmt: skip
             out[k] = batch.returns[:, 0]
