@@ -244,9 +244,10 @@ def test_cli_smoke_run_writes_the_tags_resumes_exactly_and_evaluates(tmp_path, c
 def test_pearl_posterior_episodes_beat_the_prior_episode_on_point_nav(tmp_path):
     """Once the encoder knows the goal, z from the posterior should steer towards it."""
     args = [
-        "--env", "point-nav", "--algo", "pearl", "--iterations", "15", "--meta-batch-size", "8",
+        "--env", "point-nav", "--algo", "pearl", "--iterations", "40", "--meta-batch-size", "8",
         "--horizon", "20", "--workers", "0", "--train-pool-size", "16", "--eval-every", "0",
-        "--device", "cpu", "--torch-threads", "1", "--pearl-gradient-steps", "100", "--pearl-reward-scale", "100",
+        "--device", "cpu", "--torch-threads", "1", "--pearl-gradient-steps", "200",
+        "--pearl-reward-scale", "100",
         "--pearl-meta-batch", "8", "--pearl-batch-size", "128", "--pearl-prior-episodes", "2",
         "--pearl-extra-posterior-episodes", "2", "--pearl-hidden-sizes", "64", "64",
         "--logdir", str(tmp_path), "--run-name", "learn",
