@@ -242,7 +242,7 @@ def test_cli_smoke_run_writes_the_tags_resumes_exactly_and_evaluates(tmp_path, c
 
 @pytest.mark.slow
 @pytest.mark.xfail(
-    reason="not yet seen to pass: 40 x 200 gradient steps (7 min on a busy 2-core box) left "
+    reason="not yet seen to pass: 40 x 200 gradient steps (3 min on a busy 2-core box) left "
     "the posterior episodes level with the prior one; the reference trains ~1000 x 500 steps",
     strict=False,
 )
