@@ -26,6 +26,7 @@ ALGORITHMS: dict[str, str] = {
     "rl2": "metarl.algos.rl2",
     "reptile": "metarl.algos.reptile",
     "meta-sgd": "metarl.algos.meta_sgd",
+    "pearl": "metarl.algos.pearl",
 }
 """``--algo`` name -> the module that defines its ``ALGORITHM``."""
 

@@ -75,6 +75,12 @@ class Actor(Protocol):
     A wave of ``n = (t1 - t0) * per_task`` sub-envs is laid out task-major: sub-env
     ``k`` runs block task ``t0 + k // per_task``. Observations arrive as float64
     arrays of float32 values (what the batch records, so the learner sees the same).
+
+    Optional hook ``env_action(actions [n, A], low [A], high [A]) -> [n, A]``: when an
+    actor defines it, the loop passes the sampled ``mean + std * noise`` through it
+    (e.g. a tanh squash onto the action box) before the usual clip to the bounds.
+    The batch still records the sampled (pre-hook) action and its Gaussian
+    log-prob, so actors without the hook behave exactly as before.
     """
 
     def start(self, t0: int, t1: int, per_task: int) -> None:
@@ -302,6 +308,7 @@ def _collect_wave(
     logp_out = out["log_probs"][t0:t1, r0:r1]
     rew = np.zeros(n, np.float64)
     low, high, act_dtype = pool.low, pool.high, pool.action_dtype
+    to_env = getattr(actor, "env_action", None)  # the optional hook (see Actor)
     for t in range(length):
         if should_stop is not None and t % 16 == 0 and should_stop():
             raise RolloutFailure("abort", "sampling was abandoned (the learner process is gone)")
@@ -313,7 +320,8 @@ def _collect_wave(
         z = (act.astype(np.float64) - mean) / std
         act_out[:, :, t] = act.reshape(tc, rc, a)
         logp_out[:, :, t] = (-0.5 * z * z - log_std - 0.5 * LOG_2PI).sum(-1).reshape(tc, rc)
-        env_act = np.clip(act, low, high).astype(act_dtype, copy=False)
+        env_act = act if to_env is None else to_env(act, low, high)
+        env_act = np.clip(env_act, low, high).astype(act_dtype, copy=False)
         idx = np.flatnonzero(active)
         ended = np.zeros(n, bool)
         for j in idx:

@@ -1,0 +1,264 @@
+"""PEARL: the posterior, SAC's targets, the tanh-Gaussian actor, replay buffers, CLI, learning."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from metarl import evaluate as evaluate_cli
+from metarl import train as train_cli
+from metarl.algos.pearl import (
+    ContextEncoder,
+    episode_transitions,
+    kl_to_unit_gaussian,
+    product_of_gaussians,
+    soft_bellman_target,
+    soft_value_target,
+)
+from metarl.algos.pearl_replay import TaskReplay
+from metarl.policies.tanh_gaussian import (
+    TanhGaussianPolicy,
+    TanhGaussianSpec,
+    actor_params,
+    tanh_gaussian_log_prob,
+)
+from metarl.sampling.rollout import EnvPool, RolloutRequest
+from metarl.sampling.rollout import collect as collect_rollout
+from tests.counting_env import CountingEnv, CountingTask
+from tests.test_train_cli import scalars
+
+SPEC = TanhGaussianSpec(obs_dim=6, act_dim=2, latent_dim=3, hidden_sizes=(8, 8))
+
+
+def make_policy(seed: int = 0) -> TanhGaussianPolicy:
+    torch.manual_seed(seed)
+    policy = TanhGaussianPolicy(SPEC)
+    with torch.no_grad():  # a last layer large enough that obs and z visibly matter
+        policy.layers[-1].weight.normal_(0.0, 0.5)
+    return policy
+
+
+# -- the posterior -------------------------------------------------------------------------------
+def test_product_of_two_gaussian_factors_matches_the_hand_worked_answer():
+    # N(1, 1) * N(3, 3): precision 1 + 1/3 = 4/3 -> var 3/4; mean 3/4 * (1/1 + 3/3) = 1.5
+    mu = torch.tensor([[[1.0], [3.0]]])
+    var = torch.tensor([[[1.0], [3.0]]])
+    mean, v = product_of_gaussians(mu, var)
+    assert torch.allclose(mean, torch.tensor([[1.5]])) and torch.allclose(v, torch.tensor([[0.75]]))
+    mean, v = product_of_gaussians(mu, var, torch.tensor([[1.0, 0.0]]))  # the second is padding
+    assert torch.allclose(mean, torch.tensor([[1.0]])) and torch.allclose(v, torch.tensor([[1.0]]))
+    mean, v = product_of_gaussians(mu, var, torch.zeros(1, 2))  # no context: the prior
+    assert torch.equal(mean, torch.zeros(1, 1)) and torch.equal(v, torch.ones(1, 1))
+
+
+def test_kl_to_the_unit_gaussian_matches_the_hand_worked_answer():
+    # 0.5 * (var + mu^2 - 1 - log var) = 0.5 * (2 + 1 - 1 - log 2) per dim, two dims
+    kl = kl_to_unit_gaussian(torch.tensor([1.0, 1.0]), torch.tensor([2.0, 2.0]))
+    assert math.isclose(float(kl), 2.0 - math.log(2.0), rel_tol=1e-6)
+
+
+def test_posterior_does_not_depend_on_the_order_of_the_context():
+    torch.manual_seed(0)
+    encoder = ContextEncoder(in_dim=7, latent_dim=3, hidden_sizes=(16,))
+    context = torch.randn(2, 10, 7)
+    perm = torch.randperm(10)
+    mean, var = encoder.posterior(context)
+    mean_p, var_p = encoder.posterior(context[:, perm])
+    assert torch.allclose(mean, mean_p, atol=1e-6) and torch.allclose(var, var_p, atol=1e-6)
+    other, _ = encoder.posterior(context[:, :5])  # and it does depend on the context
+    assert not torch.allclose(mean, other, atol=1e-3)
+
+
+# -- SAC's pieces -------------------------------------------------------------------------------
+def test_soft_bellman_and_value_targets_match_hand_worked_values():
+    # r * scale + gamma (1 - terminal) V' = 1 * 5 + 0.9 * 2 = 6.8; terminal: 5
+    r, term, next_v = torch.tensor([1.0, 1.0]), torch.tensor([0.0, 1.0]), torch.tensor([2.0, 2.0])
+    target = soft_bellman_target(r, term, next_v, reward_scale=5.0, discount=0.9)
+    assert torch.allclose(target, torch.tensor([6.8, 5.0]))
+    # min Q - alpha log pi = 3 - 0.2 * (-0.5) = 3.1
+    value = soft_value_target(torch.tensor(3.0), torch.tensor(-0.5), torch.tensor(0.2))
+    assert math.isclose(float(value), 3.1, rel_tol=1e-6)
+
+
+def test_tanh_gaussian_log_prob_matches_hand_worked_values():
+    # u = 0, N(0, 1): -0.5 log(2 pi) = -0.9189385, and log(1 - tanh(0)^2) = 0
+    lp = tanh_gaussian_log_prob(torch.zeros(1, 1), torch.zeros(1, 1), torch.zeros(1, 1))
+    assert math.isclose(float(lp), -0.9189385, rel_tol=1e-6)
+    # u = 1, mean 0.5, std 2: z = 0.25, Gaussian -0.03125 - log 2 - 0.9189385 = -1.6433357;
+    # minus log(1 - tanh(1)^2) = -0.8675617 -> -0.7757741
+    lp = tanh_gaussian_log_prob(torch.tensor([[1.0]]), torch.tensor([[0.5]]),
+                                torch.tensor([[math.log(2.0)]]))  # fmt: skip
+    assert math.isclose(float(lp), -0.7757741, rel_tol=1e-5)
+    # far in the tail 1 - tanh(u)^2 rounds to 0 in float32; the exact form stays finite
+    assert torch.isfinite(tanh_gaussian_log_prob(torch.tensor([[30.0]]), torch.zeros(1, 1),
+                                                 torch.zeros(1, 1))).all()  # fmt: skip
+
+
+def test_numpy_actor_squashes_exactly_as_the_torch_policy_for_the_same_noise():
+    policy = make_policy()
+    z = torch.randn(3, SPEC.latent_dim)
+    actor = SPEC.make_actor(actor_params(policy, z))
+    actor.start(0, 3, 2)  # 3 tasks x 2 sub-envs, task-major
+    obs = torch.randn(6, SPEC.obs_dim, dtype=torch.float64)
+    noise = torch.randn(6, SPEC.act_dim, dtype=torch.float64)
+    mean, log_std = actor.act(obs.numpy())
+    u = mean + np.exp(log_std) * noise.numpy()
+    ones = np.ones(SPEC.act_dim)
+    sample = policy.double().rsample(obs, z.double().repeat_interleave(2, 0), noise)
+    np.testing.assert_allclose(actor.env_action(u, -ones, ones), sample.action.detach(),
+                               atol=1e-10)  # fmt: skip
+    # onto a box [-0.1, 0.1]: the same action scaled
+    np.testing.assert_allclose(actor.env_action(u, -0.1 * ones, 0.1 * ones),
+                               0.1 * sample.action.detach(), atol=1e-10)  # fmt: skip
+
+
+def test_rollout_loop_sends_the_squashed_action_and_records_the_sample():
+    """The counting env's observation echoes the action it received."""
+    policy = make_policy()
+    actor = SPEC.make_actor(actor_params(policy, torch.randn(2, SPEC.latent_dim)))
+    pool = EnvPool(CountingEnv, family="counting")
+    req = RolloutRequest([CountingTask(id=1), CountingTask(id=2)], range(2), {}, 2, 1, 4, 0,
+                         ("k",), ("k",))  # fmt: skip
+    out = collect_rollout(pool, actor, req)
+    received = out["observations"][:, :, 1:, 4:6]  # what the env got at steps 0..2
+    sent = np.tanh(out["actions"][:, :, :-1].astype(np.float64))
+    np.testing.assert_allclose(received, sent.astype(np.float32), atol=1e-6)
+    assert np.abs(out["actions"]).max() > 0  # the sample is recorded before squashing
+
+
+# -- replay buffers -------------------------------------------------------------------------------
+def counting_batch(task_ids: list[int]):
+    from metarl.registry import register_family
+    from metarl.sampling import make_sampler
+
+    register_family("counting", "tests.counting_env:CountingEnv", varies="goal", horizon=4)
+    policy = make_policy()
+    tasks = [CountingTask(id=i, end_at=2 + i % 3) for i in task_ids]
+    with make_sampler("counting", spec=SPEC, seed=3, workers=0) as sampler:
+        z = torch.randn(len(tasks), SPEC.latent_dim)
+        return tasks, sampler.sample(tasks, actor_params(policy, z), episodes_per_task=2,
+                                     batch_key=(0,))  # fmt: skip
+
+
+def test_episode_transitions_pair_each_step_with_its_next_observation():
+    tasks, batch = counting_batch([0, 1, 2])
+    for task, tr in zip(tasks, episode_transitions(batch)):
+        n = min(task.end_at, 4)
+        assert len(tr["rewards"]) == 2 * n  # two episodes, padding dropped
+        assert (tr["obs"][:, 0] == task.id).all()
+        assert np.array_equal(tr["next_obs"][:, 1], tr["obs"][:, 1] + 1)  # t -> t + 1
+        np.testing.assert_allclose(tr["next_obs"][:, 4:6], tr["actions"], atol=1e-6)  # tanh(u)
+        assert tr["terminals"].sum() == (2 if task.end_at <= 4 else 0)
+
+
+def test_replay_sampling_stays_inside_each_tasks_data():
+    tasks, batch = counting_batch([5, 6, 7, 8])
+    replay = TaskReplay(6, 2, capacity=100)
+    for task, tr in zip(tasks, episode_transitions(batch)):
+        replay.add(task, **tr)
+    slots = np.array([3, 0, 0, 2])
+    sample = replay.sample(slots, 50, np.random.default_rng(0))
+    ids = np.array([tasks[s].id for s in slots])
+    assert (sample["obs"][:, :, 0] == ids[:, None]).all()
+    assert (sample["next_obs"][:, :, 0] == ids[:, None]).all()
+    assert sample["actions"].shape == (4, 50, 2) and sample["rewards"].shape == (4, 50)
+
+
+def transitions(values: list[float]) -> dict[str, np.ndarray]:
+    v = np.asarray(values, np.float32)
+    return {"obs": np.repeat(v[:, None], 2, 1), "actions": v[:, None], "rewards": v,
+            "next_obs": np.repeat(v[:, None], 2, 1) + 1, "terminals": np.zeros_like(v)}  # fmt: skip
+
+
+def test_replay_wraps_around_at_capacity_and_round_trips_its_state():
+    replay = TaskReplay(2, 1, capacity=5)
+    replay.add("a", **transitions([1, 2, 3]))
+    replay.add("b", **transitions([9]))
+    replay.add("a", **transitions([4, 5, 6, 7]))  # 6 and 7 overwrite 1 and 2
+    assert replay.size.tolist() == [5, 1] and replay.top.tolist() == [2, 1]
+    assert replay.data["rewards"][0].tolist() == [6, 7, 3, 4, 5]
+    replay.add("b", **transitions(list(range(20, 32))))  # more than the capacity at once
+    assert sorted(replay.data["rewards"][1].tolist()) == [27, 28, 29, 30, 31]
+    replay.clear("b")
+    assert replay.size.tolist() == [5, 0] and replay.transitions == 5
+
+    state = replay.state_dict()
+    assert state["data"]["rewards"][1].shape == (0,)  # only the filled part is stored
+    again = TaskReplay(2, 1, capacity=5)
+    again.load_state_dict(state)
+    assert again.tasks == ["a", "b"] and again.top.tolist() == replay.top.tolist()
+    again.add("a", **transitions([8]))
+    replay.add("a", **transitions([8]))
+    a = replay.sample(np.array([0, 0]), 7, np.random.default_rng(1))
+    b = again.sample(np.array([0, 0]), 7, np.random.default_rng(1))
+    for k in a:
+        assert np.array_equal(a[k], b[k]), k
+
+
+# -- the CLI ----------------------------------------------------------------------------------
+TINY = ["--env", "point-nav", "--algo", "pearl", "--iterations", "2", "--meta-batch-size", "3",
+        "--horizon", "10", "--workers", "0", "--eval-every", "2", "--eval-adapt-steps", "2",
+        "--episodes-per-task", "3", "--train-pool-size", "5", "--test-pool-size", "3",
+        "--checkpoint-every", "1", "--device", "cpu", "--pearl-hidden-sizes", "16", "16",
+        "--pearl-encoder-hidden-sizes", "16", "--pearl-batch-size", "8",
+        "--pearl-embedding-batch", "8", "--pearl-meta-batch", "2",
+        "--pearl-gradient-steps", "4", "--pearl-prior-episodes", "1",
+        "--pearl-posterior-episodes", "1", "--pearl-extra-posterior-episodes", "1"]  # fmt: skip
+
+
+def test_cli_smoke_run_writes_the_tags_resumes_exactly_and_evaluates(tmp_path, capsys):
+    from metarl.checkpoint import load_checkpoint, periodic_checkpoints
+
+    args = [*TINY, "--logdir", str(tmp_path), "--pearl-tune-alpha"]
+    assert train_cli.main([*args, "--run-name", "full"]) == 0
+    tags = scalars(tmp_path / "full")
+    for tag in ["adapt/return_episode_1", "adapt/return_episode_3", "test/return_episode_3",
+                "loss/q", "loss/v", "loss/policy", "pearl/kl", "pearl/posterior_std",
+                "pearl/alpha", "pearl/replay_transitions", "perf/gradient_steps_per_s",
+                "time/update", "time/sampling"]:  # fmt: skip
+        assert tag in tags, f"missing {tag}; have {sorted(tags)}"
+
+    # stopped after iteration 1 and resumed: the same parameters as the uninterrupted run
+    assert train_cli.main([*args, "--run-name", "part", "--iterations", "1"]) == 0
+    assert train_cli.main(["--resume", str(tmp_path / "part"), "--iterations", "2"]) == 0
+    full = load_checkpoint(periodic_checkpoints(tmp_path / "full")[-1])["learner"]
+    part = load_checkpoint(periodic_checkpoints(tmp_path / "part")[-1])["learner"]
+    for net, params in full["networks"].items():
+        for k, v in params.items():
+            assert torch.equal(v, part["networks"][net][k]), (net, k)
+    assert torch.equal(full["log_alpha"], part["log_alpha"])
+    for k, arrays in full["replay"]["data"].items():
+        assert all(np.array_equal(a, b) for a, b in zip(arrays, part["replay"]["data"][k])), k
+
+    capsys.readouterr()
+    code = evaluate_cli.main([str(tmp_path / "full"), "--adapt-steps", "2", "--workers", "0",
+                              "--n-tasks", "2"])  # fmt: skip
+    assert code == 0
+    assert "ep" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    reason="not yet seen to pass: 40 x 200 gradient steps (3 min on a busy 2-core box) left "
+    "the posterior episodes level with the prior one; the reference trains ~1000 x 500 steps",
+    strict=False,
+)
+def test_pearl_posterior_episodes_beat_the_prior_episode_on_point_nav(tmp_path):
+    """Once the encoder knows the goal, z from the posterior should steer towards it."""
+    args = [
+        "--env", "point-nav", "--algo", "pearl", "--iterations", "40", "--meta-batch-size", "8",
+        "--horizon", "20", "--workers", "0", "--train-pool-size", "16", "--eval-every", "0",
+        "--device", "cpu", "--torch-threads", "1", "--pearl-gradient-steps", "200",
+        "--pearl-reward-scale", "100",
+        "--pearl-meta-batch", "8", "--pearl-batch-size", "128", "--pearl-prior-episodes", "2",
+        "--pearl-extra-posterior-episodes", "2", "--pearl-hidden-sizes", "64", "64",
+        "--logdir", str(tmp_path), "--run-name", "learn",
+    ]  # fmt: skip
+    assert train_cli.main(args) == 0
+    tags = scalars(tmp_path / "learn")
+    prior = [v for _, v in tags["adapt/return_episode_1"][-5:]]
+    posterior = [v for _, v in tags["adapt/return_episode_4"][-5:]]
+    assert sum(posterior) / 5 > sum(prior) / 5 + 1.0, (prior, posterior)
