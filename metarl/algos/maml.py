@@ -28,6 +28,7 @@ from metarl.algos.base import IterationResult
 from metarl.functional import TaskParams, adapt, batched_log_prob, expand_params, masked_mean
 from metarl.options import option
 from metarl.policies.gaussian_mlp import GaussianMLPPolicy, MLPSpec, params_to_numpy
+from metarl.progress import NULL_REPORTER, Reporter, planned_total
 from metarl.returns import (
     LinearFeatureBaseline,
     discount_cumsum,
@@ -206,14 +207,22 @@ class MAMLInnerLoop:
         episodes_per_task: int,
         batch_key: tuple,
         adapt_steps: int | None = None,
+        progress: Reporter = NULL_REPORTER,
     ) -> AdaptationData:
-        """Sample, adapt, sample ... ``adapt_steps`` times (default K), then validate."""
+        """Sample, adapt, sample ... ``adapt_steps`` times (default K), then validate.
+
+        ``progress`` hears the phases (``sampling``, ``adapting``) and the env steps
+        after each of the ``adapt_steps + 1`` sampler calls.
+        """
         adapt_steps = self.inner_steps if adapt_steps is None else adapt_steps
         meta = {k: v.detach().requires_grad_() for k, v in self.policy.params().items()}
         params = expand_params(meta, len(tasks))
         train, returns_per_step, per_task, steps = [], [], [], 0
         t_sample = t_adapt = 0.0
+        per_call = len(tasks) * episodes_per_task * self.sampler.horizon  # a call's budget
+        progress.steps(0, planned_total(0, adapt_steps + 1, per_call))
         for k in range(adapt_steps + 1):
+            progress.phase("sampling")
             start = time.perf_counter()
             batch = self.sampler.sample(
                 tasks,
@@ -224,6 +233,8 @@ class MAMLInnerLoop:
             t_sample += time.perf_counter() - start
             start = time.perf_counter()
             steps += batch.env_steps
+            progress.steps(steps, planned_total(steps, adapt_steps - k, per_call))
+            progress.phase("adapting")  # fitting the baseline, then (k < K) the inner step
             returns_per_step.append(float(batch.returns.mean()))
             per_task.append(batch.returns.mean(dim=1))
             data = self._process(batch)
@@ -276,6 +287,7 @@ class MAML:
     """
 
     adaptation_unit = "step"  # what the k of return_step_k counts
+    progress: Reporter = NULL_REPORTER  # the loop's display while it trains (see MetaLearner)
 
     def __init__(self, name: str, inner: MAMLInnerLoop, outer, *, episodes_per_task: int) -> None:
         self.name = name
@@ -286,8 +298,12 @@ class MAML:
 
     def train_iteration(self, tasks: list, iteration: int) -> IterationResult:
         data = self.inner.collect(
-            tasks, episodes_per_task=self.episodes_per_task, batch_key=(iteration, "train")
+            tasks,
+            episodes_per_task=self.episodes_per_task,
+            batch_key=(iteration, "train"),
+            progress=self.progress,
         )
+        self.progress.phase("updating")
         start = time.perf_counter()
         scalars = self.outer.update(data, iteration)
         scalars["baseline/explained_variance"] = data.explained_variance
