@@ -7,7 +7,8 @@ Tags: ``adapt/return_step_k`` (training meta-batch), ``test/return_step_k``
 each adaptation step, every probe task is its own curve in one chart.
 
 The same scalars go to ``progress.csv`` in the run directory (:class:`CsvLog`),
-one row per step, for those who plot with pandas as from garage or rllab.
+one row per step, for those who plot with pandas as from garage or rllab, and,
+opt-in, to Weights & Biases (:class:`WandbLog`, ``--wandb-project``).
 """
 
 from __future__ import annotations
@@ -18,9 +19,12 @@ import numbers
 import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
+
+from metarl.options import ConfigError
 
 
 def return_tag(prefix: str, k: int, unit: str) -> str:
@@ -144,19 +148,79 @@ class CsvLog:
         self._dirty.clear()
 
 
-class RunLogger:
-    """Scalars by dict to TensorBoard and ``progress.csv``, one flush per iteration."""
+def import_wandb() -> Any:
+    """The ``wandb`` module, imported only when asked for; a :class:`ConfigError` without it."""
+    try:
+        import wandb
+    except ImportError as exc:
+        raise ConfigError(
+            '--wandb-project: wandb is not installed; pip install "metarl[wandb]"'
+        ) from exc
+    return wandb
 
-    def __init__(self, run_dir: Path, *, purge_step: int | None = None) -> None:
+
+class WandbLog:
+    """A Weights & Biases run that gets the same scalars at the same steps (opt-in).
+
+    One W&B run per process: a resumed run starts a new W&B run in the same
+    ``group`` (the run directory's name), since W&B cannot drop steps as
+    ``purge_step`` does. Its files go under ``<run_dir>/wandb``. W&B's console
+    capture is off: it would wrap stdout under the live display. Set
+    ``WANDB_MODE=offline`` to log without an account or a network (``wandb sync``
+    uploads later).
+    """
+
+    def __init__(
+        self, project: str, run_dir: Path, config: Mapping[str, Any], *, resumed: bool
+    ) -> None:
+        wandb = import_wandb()
+        run_dir = Path(run_dir)
+        try:
+            self.run = wandb.init(
+                project=project,
+                name=run_dir.name,
+                group=run_dir.name,
+                job_type="resume" if resumed else "train",
+                dir=str(run_dir),
+                config=dict(config),
+                settings=wandb.Settings(console="off"),
+            )
+        except Exception as exc:  # no account, no network: the user's setup, one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(
+                f"--wandb-project: wandb could not start ({first}); "
+                "WANDB_MODE=offline logs without an account or a network"
+            ) from exc
+
+    def add(self, values: Mapping[str, float], step: int) -> None:
+        # commit=False: the meta-test's scalars join the same step; W&B commits a step
+        # when a later one is logged, or at finish.
+        self.run.log({tag: float(v) for tag, v in values.items()}, step=step, commit=False)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class RunLogger:
+    """Scalars by dict to TensorBoard and ``progress.csv`` (and W&B), one flush per iteration.
+
+    ``wandb``: a :class:`WandbLog` (or anything with ``add(values, step)`` and
+    ``close()``) that gets every scalar too.
+    """
+
+    def __init__(self, run_dir: Path, *, purge_step: int | None = None, wandb: Any = None) -> None:
         # purge_step drops events (and CSV rows) at or after it, so a resumed run has
         # no duplicate steps.
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
         self.csv = CsvLog(Path(run_dir) / CSV_NAME, purge_step=purge_step)
+        self.wandb = wandb
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, float(value), step)
         self.csv.add(values, step)
+        if self.wandb is not None:
+            self.wandb.add(values, step)
 
     def probe_layout(self, n_probe_tasks: int, adapt_steps: int, unit: str = "step") -> None:
         """Custom-scalars charts for the probe tasks (TensorBoard's *Custom Scalars* tab).
@@ -186,3 +250,5 @@ class RunLogger:
     def close(self) -> None:
         self.writer.close()
         self.csv.flush()
+        if self.wandb is not None:
+            self.wandb.close()

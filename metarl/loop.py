@@ -35,7 +35,7 @@ from metarl.checkpoint import (
     save_checkpoint,
 )
 from metarl.config import Config, ConfigError, save_config
-from metarl.logger import RunLogger, adaptation_scalars, return_tag
+from metarl.logger import RunLogger, WandbLog, adaptation_scalars, import_wandb, return_tag
 from metarl.progress import PLAIN, PlainDisplay, make_display, wants_live
 from metarl.run import (
     Run,
@@ -235,18 +235,34 @@ def resume_hint(run_dir: Path) -> str:
     )
 
 
-def train(run: Run, progress: Progress | None = None, *, live: bool = False, console=None) -> int:
+def train(
+    run: Run,
+    progress: Progress | None = None,
+    *,
+    live: bool = False,
+    console=None,
+    wandb_project: str | None = None,
+) -> int:
     """The training loop, from ``progress`` (a resumed run's counters). Returns the exit code.
 
     ``live``: show the live status line (see :func:`metarl.progress.wants_live`);
-    ``console``: the ``rich`` console it draws on (default stdout).
+    ``console``: the ``rich`` console it draws on (default stdout);
+    ``wandb_project``: also log the scalars to this W&B project (:class:`WandbLog`).
     Raises :class:`RunFailure` when the run cannot go on: a sampler error (an env
     returned a non-finite value, a worker died) or too many rejected updates.
     """
     cfg = run.config
     progress = progress or Progress()
+    wandb = None
+    if wandb_project:
+        resumed = progress.next_iteration > 0
+        try:
+            wandb = WandbLog(wandb_project, run.run_dir, cfg.to_dict(), resumed=resumed)
+        except BaseException:
+            run.sampler.close()
+            raise
     # purge_step drops any events a killed run logged after its last checkpoint.
-    logger = RunLogger(run.run_dir, purge_step=progress.next_iteration or None)
+    logger = RunLogger(run.run_dir, purge_step=progress.next_iteration or None, wandb=wandb)
     logger.probe_layout(
         min(cfg.n_probe_tasks, cfg.test_pool_size),
         cfg.eval_adapt_steps,
@@ -339,12 +355,15 @@ def building_line(config: Config, *, cpu_count: int | None = None) -> str:
     return f"metarl: {config.algo} on {config.env}: {workers}, building the policy..."
 
 
-def start_run(config: Config, *, quiet: bool = False) -> int:
+def start_run(config: Config, *, quiet: bool = False, wandb_project: str | None = None) -> int:
     """Build a new run, then create its directory and train (bad input leaves no directory).
 
-    ``quiet``: plain lines only, even on a terminal (``--quiet``).
+    ``quiet``: plain lines only, even on a terminal (``--quiet``). ``wandb_project``:
+    also log to W&B (``--wandb-project``; not a config key, as it changes no result).
     """
     registry.resolve(config.env)  # unknown names fail before anything is built
+    if wandb_project:
+        import_wandb()  # not installed: one line, before anything is built
     run_dir = new_run_dir(config)
     print(building_line(config), flush=True)
     run = build_run(config, run_dir)
@@ -355,14 +374,22 @@ def start_run(config: Config, *, quiet: bool = False) -> int:
         run.sampler.close()
         raise
     print(f"metarl: {config.algo} on {config.env}, run directory {run_dir}", flush=True)
-    return train(run, live=wants_live(quiet))
+    return train(run, live=wants_live(quiet), wandb_project=wandb_project)
 
 
-def resume(run_dir: Path, overrides: dict | None = None, *, quiet: bool = False) -> int:
+def resume(
+    run_dir: Path,
+    overrides: dict | None = None,
+    *,
+    quiet: bool = False,
+    wandb_project: str | None = None,
+) -> int:
     """Continue ``run_dir`` from its latest checkpoint; ``overrides`` may extend the budget etc.
 
-    ``quiet`` as in :func:`start_run`.
+    ``quiet`` and ``wandb_project`` as in :func:`start_run`.
     """
+    if wandb_project:
+        import_wandb()
     state = load_latest(run_dir)
     config = resumed_config(state, run_dir, overrides or {})
     print(building_line(config), flush=True)
@@ -383,4 +410,4 @@ def resume(run_dir: Path, overrides: dict | None = None, *, quiet: bool = False)
         f"Resuming {run_dir} at iteration {progress.next_iteration + 1}/{config.iterations}",
         flush=True,
     )
-    return train(run, progress, live=wants_live(quiet))
+    return train(run, progress, live=wants_live(quiet), wandb_project=wandb_project)

@@ -61,6 +61,12 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         help="plain output, one line per iteration, no live status line (the output when "
         "stdout is not a terminal); not a config key: it changes nothing of the run",
     )
+    parser.add_argument(
+        "--wandb-project",
+        metavar="NAME",
+        help="also log the scalars to this Weights & Biases project (pip install "
+        "'metarl[wandb]'; WANDB_MODE=offline logs without a network); not a config key",
+    )
     add_config_arguments(parser)
     return parser
 
@@ -76,9 +82,11 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
             print(registry.family_table())
             return 0
         base = load_yaml(args.config) if args.config else {}
+        # How the run is shown and mirrored: flags of the command, not config keys.
+        display = {"quiet": args.quiet, "wandb_project": args.wandb_project}
         if args.resume:
-            return resume(Path(args.resume), {**base, **config_overrides(args)}, quiet=args.quiet)
-        return start_run(build_config(config_overrides(args), base), quiet=args.quiet)
+            return resume(Path(args.resume), {**base, **config_overrides(args)}, **display)
+        return start_run(build_config(config_overrides(args), base), **display)
 
     return run_command(command, debug=args.debug)
 

@@ -9,9 +9,11 @@ import os
 import re
 import subprocess
 import sys
+import types
 from pathlib import Path
 
 import pytest
+import yaml
 from rich.console import Console
 from test_train_cli import TINY, scalars
 
@@ -177,7 +179,8 @@ def test_plain_output_is_the_one_line_per_iteration_format(tmp_path, how):
     done = rf"Done: 3 iterations, \d+ env steps\. Run directory: {re.escape(str(run_dir))}"
     assert re.fullmatch(done, others[5]) and len(others) == 6
     # --quiet is a flag of the command, not a config key: the run's config knows nothing of it
-    assert "quiet" not in (tmp_path / "r" / "config.yaml").read_text()
+    saved = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert not [k for k in saved if "quiet" in k]
 
 
 def run_cli_env(module: str, *args: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
@@ -324,3 +327,76 @@ def test_building_line_says_how_many_workers_start():
     )
     assert "starting 1 rollout worker," in line(build_config({"workers": 1}))
     assert "starting rollout workers on Ray" in line(build_config({"sampler": "ray"}))
+
+
+# -- Weights & Biases (opt-in) ------------------------------------------------------------
+
+
+class FakeWandb(types.ModuleType):
+    """What metarl calls of ``wandb``, recording it."""
+
+    def __init__(self) -> None:
+        super().__init__("wandb")
+        self.inits: list[dict] = []
+        self.logged: dict[int, dict[str, float]] = {}
+        self.finished = 0
+
+    def Settings(self, **kwargs):  # noqa: N802 - wandb's name
+        return kwargs
+
+    def init(self, **kwargs):
+        self.inits.append(kwargs)
+        fake = self
+
+        class Run:
+            def log(self, values, *, step, commit):
+                assert commit is False
+                fake.logged.setdefault(step, {}).update(values)
+
+            def finish(self):
+                fake.finished += 1
+
+        return Run()
+
+
+def test_wandb_gets_the_csvs_scalars_and_is_not_a_config_key(tmp_path, monkeypatch):
+    fake = FakeWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    args = [*TINY, "--logdir", str(tmp_path), "--run-name", "r", "--wandb-project", "proj"]
+    assert train_cli.main(args) == 0
+    (init,) = fake.inits
+    assert (init["project"], init["name"], init["group"]) == ("proj", "r", "r")
+    assert init["settings"] == {"console": "off"}  # no stdout capture under the live display
+    assert init["config"]["env"] == "point-nav" and "wandb_project" not in init["config"]
+    assert fake.finished == 1
+    rows = csv_rows(tmp_path / "r")
+    assert sorted(fake.logged) == [int(r["iteration"]) for r in rows]
+    for row in rows:
+        logged = fake.logged[int(row["iteration"])]
+        assert {k for k, v in row.items() if v != ""} - {"iteration"} == set(logged)
+        for tag, value in logged.items():
+            assert float(row[tag]) == pytest.approx(value, rel=1e-12)
+    saved = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
+    assert not [k for k in saved if "wandb" in k] and "proj" not in saved.values()
+
+
+def test_wandb_not_installed_is_one_line_before_anything_is_built(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
+    args = [*TINY, "--logdir", str(tmp_path), "--run-name", "r", "--wandb-project", "proj"]
+    assert train_cli.main(args) == 2
+    captured = capsys.readouterr()
+    assert captured.err == (
+        'error: --wandb-project: wandb is not installed; pip install "metarl[wandb]"\n'
+    )
+    assert captured.out == "" and not (tmp_path / "r").exists()
+
+
+def test_wandb_offline_writes_its_run_under_the_run_directory(tmp_path, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # no network here, nor in CI
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    args = [*TINY, "--iterations", "2", "--eval-every", "0", "--logdir", str(tmp_path),
+            "--run-name", "r", "--wandb-project", "proj"]  # fmt: skip
+    assert train_cli.main(args) == 0
+    (record,) = (tmp_path / "r" / "wandb").glob("offline-run-*/run-*.wandb")
+    assert record.stat().st_size > 0
