@@ -5,15 +5,26 @@ Tags: ``adapt/return_step_k`` (training meta-batch), ``test/return_step_k``
 ``loss/...``, ``trpo/...``, ``ppo/...``, ``baseline/...``, ``time/...``,
 ``perf/...``. The custom-scalars layout groups the probe tasks so that, for
 each adaptation step, every probe task is its own curve in one chart.
+
+The same scalars go to ``progress.csv`` in the run directory (:class:`CsvLog`),
+one row per step, for those who plot with pandas as from garage or rllab, and,
+opt-in, to Weights & Biases (:class:`WandbLog`, ``--wandb-project``).
 """
 
 from __future__ import annotations
 
+import csv
+import io
+import numbers
+import os
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
+
+from metarl.options import ConfigError
 
 
 def return_tag(prefix: str, k: int, unit: str) -> str:
@@ -45,16 +56,171 @@ def adaptation_scalars(per_task: torch.Tensor, unit: str, n_probe_tasks: int) ->
     return scalars
 
 
-class RunLogger:
-    """A thin layer over ``SummaryWriter``: scalars by dict, one flush per iteration."""
+CSV_NAME = "progress.csv"
+STEP_COLUMN = "iteration"
 
-    def __init__(self, run_dir: Path, *, purge_step: int | None = None) -> None:
-        # purge_step drops events at or after it, so a resumed run has no duplicate steps.
+
+def csv_cell(value: float) -> str:
+    """A value as the CSV holds it: an int as itself, a float at full precision (``repr``)."""
+    if isinstance(value, numbers.Integral) and not isinstance(value, bool):
+        return str(int(value))
+    return repr(float(value))
+
+
+class CsvLog:
+    """``progress.csv``: one row per step (the 0-based iteration, TensorBoard's step).
+
+    Columns: ``iteration``, then every tag in the order it first appeared. A tag that
+    appears late (``test/...`` at the first meta-test, a counter that is only logged
+    once it is non-zero) adds a column, and the file is then rewritten whole with the
+    new header; a row without a value for a column has an empty cell. Otherwise a
+    flush appends the new rows. Every write is atomic (temporary file, rename), so a
+    kill leaves the previous file.
+
+    ``purge_step``: drop the rows at or after it first (a resumed run starts there),
+    as ``SummaryWriter``'s ``purge_step`` drops the events, so the file keeps exactly
+    one row per step.
+    """
+
+    def __init__(self, path: Path, *, purge_step: int | None = None) -> None:
+        self.path = Path(path)
+        self.columns: list[str] = [STEP_COLUMN]
+        self.rows: dict[int, dict[str, str]] = {}  # step -> column -> cell
+        self._written_columns: list[str] = []
+        self._written_steps: set[int] = set()
+        self._dirty: set[int] = set()
+        if self.path.is_file():
+            self._load(purge_step)
+
+    def _load(self, purge_step: int | None) -> None:
+        with self.path.open(newline="") as f:
+            reader = csv.DictReader(f)
+            self.columns = list(reader.fieldnames or [STEP_COLUMN])
+            for row in reader:
+                step = int(row[STEP_COLUMN])
+                if purge_step is None or step < purge_step:
+                    self.rows[step] = {k: v for k, v in row.items() if v not in ("", None)}
+        self._written_columns = list(self.columns)
+        self._written_steps = set(self.rows)
+        if purge_step is not None:
+            self._rewrite()  # the purged rows go now, not at the next flush
+
+    def add(self, values: Mapping[str, float], step: int) -> None:
+        """Put ``values`` into the row of ``step`` (merged with what it already has)."""
+        row = self.rows.setdefault(step, {STEP_COLUMN: str(step)})
+        for tag, value in values.items():
+            if tag not in row and tag not in self.columns:
+                self.columns.append(tag)
+            row[tag] = csv_cell(value)
+        self._dirty.add(step)
+
+    def flush(self) -> None:
+        """Write the rows added since the last flush: appended, or the file rewritten."""
+        if not self._dirty:
+            return
+        last_written = max(self._written_steps, default=-1)
+        appendable = (
+            self.columns == self._written_columns
+            and self.path.is_file()
+            and min(self._dirty) > last_written
+        )
+        if appendable:
+            with self.path.open("a", newline="") as f:
+                self._writer(f).writerows(self.rows[s] for s in sorted(self._dirty))
+            self._written_steps |= self._dirty
+            self._dirty.clear()
+        else:
+            self._rewrite()
+
+    def _writer(self, f) -> csv.DictWriter:
+        return csv.DictWriter(f, fieldnames=self.columns, restval="", lineterminator="\n")
+
+    def _rewrite(self) -> None:
+        buffer = io.StringIO()
+        writer = self._writer(buffer)
+        writer.writeheader()
+        writer.writerows(self.rows[s] for s in sorted(self.rows))
+        temporary = self.path.with_name(f".{self.path.name}.tmp-{os.getpid()}")
+        temporary.write_text(buffer.getvalue())
+        os.replace(temporary, self.path)
+        self._written_columns = list(self.columns)
+        self._written_steps = set(self.rows)
+        self._dirty.clear()
+
+
+def import_wandb() -> Any:
+    """The ``wandb`` module, imported only when asked for; a :class:`ConfigError` without it."""
+    try:
+        import wandb
+    except ImportError as exc:
+        raise ConfigError(
+            '--wandb-project: wandb is not installed; pip install "metarl[wandb]"'
+        ) from exc
+    return wandb
+
+
+class WandbLog:
+    """A Weights & Biases run that gets the same scalars at the same steps (opt-in).
+
+    One W&B run per process: a resumed run starts a new W&B run in the same
+    ``group`` (the run directory's name), since W&B cannot drop steps as
+    ``purge_step`` does. Its files go under ``<run_dir>/wandb``. W&B's console
+    capture is off: it would wrap stdout under the live display. Set
+    ``WANDB_MODE=offline`` to log without an account or a network (``wandb sync``
+    uploads later).
+    """
+
+    def __init__(
+        self, project: str, run_dir: Path, config: Mapping[str, Any], *, resumed: bool
+    ) -> None:
+        wandb = import_wandb()
+        run_dir = Path(run_dir)
+        try:
+            self.run = wandb.init(
+                project=project,
+                name=run_dir.name,
+                group=run_dir.name,
+                job_type="resume" if resumed else "train",
+                dir=str(run_dir),
+                config=dict(config),
+                settings=wandb.Settings(console="off"),
+            )
+        except Exception as exc:  # no account, no network: the user's setup, one line
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ConfigError(
+                f"--wandb-project: wandb could not start ({first}); "
+                "WANDB_MODE=offline logs without an account or a network"
+            ) from exc
+
+    def add(self, values: Mapping[str, float], step: int) -> None:
+        # commit=False: the meta-test's scalars join the same step; W&B commits a step
+        # when a later one is logged, or at finish.
+        self.run.log({tag: float(v) for tag, v in values.items()}, step=step, commit=False)
+
+    def close(self) -> None:
+        self.run.finish()
+
+
+class RunLogger:
+    """Scalars by dict to TensorBoard and ``progress.csv`` (and W&B), one flush per iteration.
+
+    ``wandb``: a :class:`WandbLog` (or anything with ``add(values, step)`` and
+    ``close()``) that gets every scalar too.
+    """
+
+    def __init__(self, run_dir: Path, *, purge_step: int | None = None, wandb: Any = None) -> None:
+        # purge_step drops events (and CSV rows) at or after it, so a resumed run has
+        # no duplicate steps.
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
+        self.csv = CsvLog(Path(run_dir) / CSV_NAME, purge_step=purge_step)
+        self.wandb = wandb
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, float(value), step)
+        self.csv.add(values, step)
+        if self.wandb is not None:
+            self.wandb.add(values, step)
 
     def probe_layout(self, n_probe_tasks: int, adapt_steps: int, unit: str = "step") -> None:
         """Custom-scalars charts for the probe tasks (TensorBoard's *Custom Scalars* tab).
@@ -79,6 +245,10 @@ class RunLogger:
 
     def flush(self) -> None:
         self.writer.flush()
+        self.csv.flush()
 
     def close(self) -> None:
         self.writer.close()
+        self.csv.flush()
+        if self.wandb is not None:
+            self.wandb.close()

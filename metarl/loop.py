@@ -4,6 +4,11 @@
 :func:`train` runs a built :class:`~metarl.run.Run` from a :class:`Progress`.
 The loop speaks to the learner only through :class:`~metarl.algos.base.MetaLearner`.
 
+What it prints goes through a display (:mod:`metarl.progress`): plain lines, one
+``iter ...`` line per iteration, when stdout is not a terminal or with ``--quiet``;
+on a terminal the same lines above a live status line (phase, env steps, seconds,
+ETA).
+
 Exit codes of :func:`train`: 0 done, or stopped cleanly by a first Ctrl-C /
 SIGTERM after writing a checkpoint; 130 (143) when a second one stopped it at once.
 It raises :class:`RunFailure` when the run cannot go on.
@@ -11,6 +16,7 @@ It raises :class:`RunFailure` when the run cannot go on.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 import time
@@ -18,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metarl import registry
-from metarl.algos.base import IterationResult
+from metarl.algos.base import IterationResult, attach_progress
 from metarl.checkpoint import (
     capture_rng_states,
     load_latest,
@@ -29,7 +35,8 @@ from metarl.checkpoint import (
     save_checkpoint,
 )
 from metarl.config import Config, ConfigError, save_config
-from metarl.logger import RunLogger, adaptation_scalars, return_tag
+from metarl.logger import RunLogger, WandbLog, adaptation_scalars, import_wandb, return_tag
+from metarl.progress import PLAIN, PlainDisplay, make_display, wants_live
 from metarl.run import (
     Run,
     build_run,
@@ -143,7 +150,13 @@ def progress_from_checkpoint(state: dict) -> Progress:
     )
 
 
-def train_step(run: Run, logger: RunLogger, progress: Progress, iteration: int) -> None:
+def train_step(
+    run: Run,
+    logger: RunLogger,
+    progress: Progress,
+    iteration: int,
+    display: PlainDisplay = PLAIN,
+) -> None:
     """One meta-iteration: train, count a rejected update, log, print the progress line."""
     start = time.perf_counter()
     tasks = iteration_tasks(run.config, run.pools, iteration)
@@ -164,14 +177,13 @@ def train_step(run: Run, logger: RunLogger, progress: Progress, iteration: int) 
         }
     )
     logger.scalars(scalars, iteration)
-    print(progress_line(iteration, run.config.iterations, progress, result, seconds), flush=True)
+    display.print(progress_line(iteration, run.config.iterations, progress, result, seconds))
     if result.rejected:
-        print(
+        display.print(
             f"  update of iteration {iteration + 1} rejected: non-finite loss or gradient, "
             f"parameters unchanged ({progress.rejected_in_a_row} in a row, "
             f"{progress.rejected_total} in total)",
-            file=sys.stderr,
-            flush=True,
+            err=True,
         )
 
 
@@ -189,17 +201,23 @@ def stop_if_rejecting(run: Run, progress: Progress, iteration: int) -> None:
     )
 
 
-def evaluate_step(run: Run, logger: RunLogger, progress: Progress, iteration: int) -> None:
+def evaluate_step(
+    run: Run,
+    logger: RunLogger,
+    progress: Progress,
+    iteration: int,
+    display: PlainDisplay = PLAIN,
+) -> None:
     """Meta-test every ``eval_every`` iterations (and at the end); keep ``best.pt``."""
     cfg = run.config
     last = iteration == cfg.iterations - 1
     if not cfg.eval_every or not ((iteration + 1) % cfg.eval_every == 0 or last):
         return
+    display.phase("meta-testing")
     test_return = meta_test(run, logger, iteration)
-    print(
+    display.print(
         f"  meta-test on {len(run.pools.test)} held-out tasks: "
-        f"return after {cfg.eval_adapt_steps} steps {test_return:.2f}",
-        flush=True,
+        f"return after {cfg.eval_adapt_steps} steps {test_return:.2f}"
     )
     if test_return > progress.best_test_return:
         progress.best_test_return = test_return
@@ -217,40 +235,66 @@ def resume_hint(run_dir: Path) -> str:
     )
 
 
-def train(run: Run, progress: Progress | None = None) -> int:
+def train(
+    run: Run,
+    progress: Progress | None = None,
+    *,
+    live: bool = False,
+    console=None,
+    wandb_project: str | None = None,
+) -> int:
     """The training loop, from ``progress`` (a resumed run's counters). Returns the exit code.
 
+    ``live``: show the live status line (see :func:`metarl.progress.wants_live`);
+    ``console``: the ``rich`` console it draws on (default stdout);
+    ``wandb_project``: also log the scalars to this W&B project (:class:`WandbLog`).
     Raises :class:`RunFailure` when the run cannot go on: a sampler error (an env
     returned a non-finite value, a worker died) or too many rejected updates.
     """
     cfg = run.config
     progress = progress or Progress()
+    wandb = None
+    if wandb_project:
+        resumed = progress.next_iteration > 0
+        try:
+            wandb = WandbLog(wandb_project, run.run_dir, cfg.to_dict(), resumed=resumed)
+        except BaseException:
+            run.sampler.close()
+            raise
     # purge_step drops any events a killed run logged after its last checkpoint.
-    logger = RunLogger(run.run_dir, purge_step=progress.next_iteration or None)
+    logger = RunLogger(run.run_dir, purge_step=progress.next_iteration or None, wandb=wandb)
     logger.probe_layout(
         min(cfg.n_probe_tasks, cfg.test_pool_size),
         cfg.eval_adapt_steps,
         run.learner.adaptation_unit,
     )
     stop = StopRequest()
+    display = make_display(cfg.iterations, live=live, console=console)
+    attach_progress(run.learner, display)
     try:
-        with stop:
+        # The display closes (its status line erased) before an except clause prints.
+        with stop, display:
+            display.print(
+                f"metarl: starting iteration {progress.next_iteration + 1}/{cfg.iterations}"
+            )
             for iteration in range(progress.next_iteration, cfg.iterations):
-                train_step(run, logger, progress, iteration)
+                display.start_iteration(iteration)
+                train_step(run, logger, progress, iteration, display)
                 stop_if_rejecting(run, progress, iteration)
-                evaluate_step(run, logger, progress, iteration)
+                evaluate_step(run, logger, progress, iteration, display)
                 logger.flush()
                 progress.next_iteration = iteration + 1
                 stopping = stop.requested  # read once: a signal from here on waits for the next
                 last = iteration == cfg.iterations - 1
                 if (iteration + 1) % cfg.checkpoint_every == 0 or last or stopping:
+                    display.phase("checkpointing")
                     state = checkpoint_state(run, progress, iteration)
                     save_checkpoint(run.run_dir, state, keep=cfg.keep_checkpoints)
+                display.end_iteration()
                 if stopping and not last:
-                    print(
+                    display.print(
                         f"Stopped after iteration {iteration + 1}. Resume with:\n"
-                        f"  python -m metarl.train --resume {run.run_dir}",
-                        flush=True,
+                        f"  python -m metarl.train --resume {run.run_dir}"
                     )
                     return 0
     except KeyboardInterrupt:
@@ -262,6 +306,7 @@ def train(run: Run, progress: Progress | None = None) -> int:
             message += " (after a stop signal: it probably reached the rollout workers too)"
         raise RunFailure(message, resume_hint(run.run_dir)) from exc
     finally:
+        attach_progress(run.learner)  # back to the no-op: the display is closed
         logger.close()
         run.sampler.close()
     print(
@@ -294,10 +339,33 @@ def new_run_dir(config: Config) -> Path:
     return run_dir
 
 
-def start_run(config: Config) -> int:
-    """Build a new run, then create its directory and train (bad input leaves no directory)."""
+def building_line(config: Config, *, cpu_count: int | None = None) -> str:
+    """What is being built, printed first: starting workers and MuJoCo can take a minute.
+
+    ``cpu_count``: what ``workers: -1`` means here (default: this machine's cores).
+    """
+    if config.workers == 0:
+        workers = "sampling in-process"
+    elif config.sampler == "ray":
+        count = "" if config.workers < 0 else f"{config.workers} "
+        workers = f"starting {count}rollout workers on Ray"
+    else:
+        n = config.workers if config.workers > 0 else cpu_count or os.cpu_count() or 1
+        workers = f"starting {n} rollout worker{'s' if n != 1 else ''}"
+    return f"metarl: {config.algo} on {config.env}: {workers}, building the policy..."
+
+
+def start_run(config: Config, *, quiet: bool = False, wandb_project: str | None = None) -> int:
+    """Build a new run, then create its directory and train (bad input leaves no directory).
+
+    ``quiet``: plain lines only, even on a terminal (``--quiet``). ``wandb_project``:
+    also log to W&B (``--wandb-project``; not a config key, as it changes no result).
+    """
     registry.resolve(config.env)  # unknown names fail before anything is built
+    if wandb_project:
+        import_wandb()  # not installed: one line, before anything is built
     run_dir = new_run_dir(config)
+    print(building_line(config), flush=True)
     run = build_run(config, run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -306,13 +374,25 @@ def start_run(config: Config) -> int:
         run.sampler.close()
         raise
     print(f"metarl: {config.algo} on {config.env}, run directory {run_dir}", flush=True)
-    return train(run)
+    return train(run, live=wants_live(quiet), wandb_project=wandb_project)
 
 
-def resume(run_dir: Path, overrides: dict | None = None) -> int:
-    """Continue ``run_dir`` from its latest checkpoint; ``overrides`` may extend the budget etc."""
+def resume(
+    run_dir: Path,
+    overrides: dict | None = None,
+    *,
+    quiet: bool = False,
+    wandb_project: str | None = None,
+) -> int:
+    """Continue ``run_dir`` from its latest checkpoint; ``overrides`` may extend the budget etc.
+
+    ``quiet`` and ``wandb_project`` as in :func:`start_run`.
+    """
+    if wandb_project:
+        import_wandb()
     state = load_latest(run_dir)
     config = resumed_config(state, run_dir, overrides or {})
+    print(building_line(config), flush=True)
     run = restore_run(state, config, run_dir)
     progress = progress_from_checkpoint(state)
     if progress.next_iteration >= config.iterations:
@@ -330,4 +410,4 @@ def resume(run_dir: Path, overrides: dict | None = None) -> int:
         f"Resuming {run_dir} at iteration {progress.next_iteration + 1}/{config.iterations}",
         flush=True,
     )
-    return train(run, progress)
+    return train(run, progress, live=wants_live(quiet), wandb_project=wandb_project)

@@ -10,6 +10,11 @@ Examples::
     python -m metarl.train --list-envs
     python -m metarl.train --resume runs/halfcheetah-vel-maml-trpo-20261122-101500
 
+On a terminal a live status line shows the phase of the running iteration (sampling,
+adapting, updating, meta-testing), its env steps, its seconds and the run's ETA;
+each iteration still leaves one ``iter ...`` line. Elsewhere (a pipe, a log file)
+or with ``--quiet``, only the lines are printed.
+
 Exit codes:
 
 * 0: done, or stopped cleanly by a first Ctrl-C / SIGTERM after writing a checkpoint;
@@ -50,6 +55,18 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--resume", metavar="RUN_DIR", help="continue a run from its latest checkpoint"
     )
     parser.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="plain output, one line per iteration, no live status line (the output when "
+        "stdout is not a terminal); not a config key: it changes nothing of the run",
+    )
+    parser.add_argument(
+        "--wandb-project",
+        metavar="NAME",
+        help="also log the scalars to this Weights & Biases project (pip install "
+        "'metarl[wandb]'; WANDB_MODE=offline logs without a network); not a config key",
+    )
     add_config_arguments(parser)
     return parser
 
@@ -65,9 +82,11 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
             print(registry.family_table())
             return 0
         base = load_yaml(args.config) if args.config else {}
+        # How the run is shown and mirrored: flags of the command, not config keys.
+        display = {"quiet": args.quiet, "wandb_project": args.wandb_project}
         if args.resume:
-            return resume(Path(args.resume), {**base, **config_overrides(args)})
-        return start_run(build_config(config_overrides(args), base))
+            return resume(Path(args.resume), {**base, **config_overrides(args)}, **display)
+        return start_run(build_config(config_overrides(args), base), **display)
 
     return run_command(command, debug=args.debug)
 

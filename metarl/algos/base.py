@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import torch
 
+from metarl.progress import NULL_REPORTER, Reporter
+
 if TYPE_CHECKING:
     from metarl.config import Config
     from metarl.sampling import Sampler
@@ -53,6 +55,13 @@ class MetaLearner(Protocol):
     ``adaptation_unit`` says what the k of the return tags counts: ``"step"`` (a
     policy-gradient step: k = 0 is before adapting) or ``"episode"`` (the k-th
     episode of a trial, k = 1..K, for learners that adapt within a trial).
+
+    Optional: ``progress``, a :class:`~metarl.progress.Reporter` (give the class a
+    ``progress = NULL_REPORTER`` attribute to take one). The loop sets it to its live
+    display for the run (:func:`attach_progress`) and back to the no-op after; the
+    learner calls ``progress.phase("sampling" | "adapting" | "updating")`` at phase
+    changes and ``progress.steps(done, total)`` after each sampler call. A learner
+    without it trains the same; its display shows the loop's phases only.
     """
 
     name: str
@@ -112,6 +121,15 @@ class ShowsAdaptation(Protocol):
         The episodes' total is ``adapt_steps + 1`` for every task.
         """
         ...
+
+
+def attach_progress(learner: MetaLearner, reporter: Reporter = NULL_REPORTER) -> None:
+    """Give ``learner`` the loop's ``reporter`` if it takes one (a ``progress`` attribute).
+
+    A learner without the attribute is left as it is: the hook is optional.
+    """
+    if hasattr(learner, "progress"):
+        learner.progress = reporter
 
 
 PolicyBuilder = Callable[["Config", int, int], torch.nn.Module]

@@ -38,6 +38,7 @@ from metarl.functional import (
 )
 from metarl.options import option
 from metarl.policies.gaussian_mlp import GaussianMLPPolicy, MLPSpec, params_to_numpy
+from metarl.progress import NULL_REPORTER, Reporter, planned_total
 from metarl.returns import (
     LinearFeatureBaseline,
     discount_cumsum,
@@ -289,8 +290,13 @@ class MAMLInnerLoop:
         episodes_per_task: int,
         batch_key: tuple,
         adapt_steps: int | None = None,
+        progress: Reporter = NULL_REPORTER,
     ) -> AdaptationData:
-        """Sample, adapt, sample ... ``adapt_steps`` times (default K), then validate."""
+        """Sample, adapt, sample ... ``adapt_steps`` times (default K), then validate.
+
+        ``progress`` hears the phases (``sampling``, ``adapting``) and the env steps
+        after each of the ``adapt_steps + 1`` sampler calls.
+        """
         adapt_steps = self.inner_steps if adapt_steps is None else adapt_steps
         meta = {k: v.detach().requires_grad_() for k, v in self.policy.params().items()}
         params = expand_params(meta, len(tasks))
@@ -298,7 +304,10 @@ class MAMLInnerLoop:
         acting = []  # the numpy parameters each step sampled with, kept for adapted_actors
         t_sample = t_adapt = 0.0
         adam_state: AdamState | None = None  # Reptile's Adam: fresh moments per task and call
+        per_call = len(tasks) * episodes_per_task * self.sampler.horizon  # a call's budget
+        progress.steps(0, planned_total(0, adapt_steps + 1, per_call))
         for k in range(adapt_steps + 1):
+            progress.phase("sampling")
             start = time.perf_counter()
             acting.append(params_to_numpy(params))  # stacked: [T, ...] per parameter
             batch = self.sampler.sample(
@@ -310,6 +319,8 @@ class MAMLInnerLoop:
             t_sample += time.perf_counter() - start
             start = time.perf_counter()
             steps += batch.env_steps
+            progress.steps(steps, planned_total(steps, adapt_steps - k, per_call))
+            progress.phase("adapting")  # fitting the baseline, then (k < K) the inner step
             returns_per_step.append(float(batch.returns.mean()))
             per_task.append(batch.returns.mean(dim=1))
             data = self._process(batch)
@@ -421,6 +432,7 @@ class MAML:
     """
 
     adaptation_unit = "step"  # what the k of return_step_k counts
+    progress: Reporter = NULL_REPORTER  # the loop's display while it trains (see MetaLearner)
 
     def __init__(self, name: str, inner: MAMLInnerLoop, outer, *, episodes_per_task: int) -> None:
         self.name = name
@@ -431,8 +443,12 @@ class MAML:
 
     def train_iteration(self, tasks: list, iteration: int) -> IterationResult:
         data = self.inner.collect(
-            tasks, episodes_per_task=self.episodes_per_task, batch_key=(iteration, "train")
+            tasks,
+            episodes_per_task=self.episodes_per_task,
+            batch_key=(iteration, "train"),
+            progress=self.progress,
         )
+        self.progress.phase("updating")
         start = time.perf_counter()
         scalars = self.outer.update(data, iteration)
         scalars.update(self.inner.stats())

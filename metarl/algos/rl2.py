@@ -27,6 +27,7 @@ from metarl.optim import ClippedSurrogate, apply_scheduled_lr, clipped_surrogate
 from metarl.options import ConfigError, option
 from metarl.policies.gaussian_mlp import gaussian_log_prob, params_to_numpy
 from metarl.policies.recurrent import GaussianGRUPolicy, GRUSpec, rl2_inputs
+from metarl.progress import NULL_REPORTER, Reporter, planned_total
 from metarl.returns import explained_variance, gae_advantages, normalize_advantages
 
 if TYPE_CHECKING:
@@ -65,6 +66,7 @@ class RL2:
     adaptation_unit = "episode"  # what the k of return_episode_k counts
 
     name = "rl2"
+    progress: Reporter = NULL_REPORTER  # the loop's display while it trains (see MetaLearner)
 
     def __init__(
         self,
@@ -122,6 +124,9 @@ class RL2:
         )
 
     def train_iteration(self, tasks: list, iteration: int) -> IterationResult:
+        episodes = self.trials_per_task * self.episodes_per_trial
+        self.progress.steps(0, planned_total(0, 1, len(tasks) * episodes * self.sampler.horizon))
+        self.progress.phase("sampling")
         start = time.perf_counter()
         batch = self._sample(
             tasks,
@@ -130,6 +135,8 @@ class RL2:
             batch_key=(iteration, "train"),
         )
         t_sample = time.perf_counter() - start
+        self.progress.steps(batch.env_steps, batch.env_steps)
+        self.progress.phase("updating")
         start = time.perf_counter()
         lr = apply_scheduled_lr(self.optimizer, self.lr, iteration, self.lr_anneal_iterations)
         scalars = self.update(batch)
