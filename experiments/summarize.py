@@ -51,7 +51,7 @@ RETURN_TAG = re.compile(r"^test/return_(step|episode)_(\d+)$")
 # (and the seed) are seeds of one experiment.
 HOW_IT_RAN = {
     "seed", "run_name", "logdir", "workers", "sampler", "ray_address", "device",
-    "torch_threads", "checkpoint_every", "keep_checkpoints",
+    "torch_threads", "checkpoint_every", "keep_checkpoints", "trpo_chunk_tasks",
 }  # fmt: skip
 
 

@@ -24,6 +24,8 @@ class FakeSampler:
     the parameters, so an update can be worked out by hand; ``same_data`` gives every task
     the same episodes."""
 
+    horizon = H
+
     def __init__(self, *, same_data: bool = False) -> None:
         self.same_data = same_data
 
