@@ -36,14 +36,15 @@ import json
 import platform
 import re
 from collections import defaultdict
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
-from metarl.config import Config
+from metarl.algos.registry import algorithm
+from metarl.config import RUN_GROUPS, build_config
 from metarl.evaluate import balanced_curve, by_distinct_task
 
 RETURN_TAG = re.compile(r"^test/return_(step|episode)_(\d+)$")
@@ -138,9 +139,17 @@ def read_metarl_run(run_dir: Path, config: dict) -> SeedRun | None:
 
 
 def experiment_of(config: dict) -> Experiment:
-    # A key added after a run was made takes its default, which is what that run used.
-    resolved = {**asdict(Config()), **config}
-    settings = tuple(sorted((k, repr(v)) for k, v in resolved.items() if k not in HOW_IT_RAN))
+    """A run's experiment: its env, algo and the settings its algorithm reads.
+
+    A key added after a run was made takes its default, which is what that run used;
+    keys no part of the run reads (another algorithm's) do not tell experiments apart.
+    """
+    resolved = build_config(config).to_dict()
+    groups = [*RUN_GROUPS, *algorithm(resolved["algo"]).option_groups]
+    read = {f.name for group in groups for f in fields(group)}
+    settings = tuple(
+        sorted((k, repr(v)) for k, v in resolved.items() if k in read and k not in HOW_IT_RAN)
+    )
     return Experiment(config["env"], config["algo"], settings)
 
 

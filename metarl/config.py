@@ -155,9 +155,9 @@ def _compose_config() -> type:
         validate(self)
 
     def to_dict(self) -> dict[str, Any]:
+        """Plain YAML values: tuples (``hidden_sizes``, ...) as lists."""
         out = dataclasses.asdict(self)
-        out["hidden_sizes"] = list(self.hidden_sizes)
-        return out
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
 
     namespace = {
         "__module__": __name__,
