@@ -166,7 +166,8 @@ def test_device_cuda_without_cuda_is_a_clear_error(tmp_path):
 @pytest.mark.parametrize(
     "script",
     ["metarl.train", "metarl.evaluate", "metarl.baselines", "benchmarks/learning.py",
-     "benchmarks/maml_iteration.py", "benchmarks/sampler.py", "experiments/summarize.py",
+     "benchmarks/maml_iteration.py", "benchmarks/sampler.py", "benchmarks/trpo_update.py",
+     "experiments/summarize.py",
      "experiments/velocity_tracking.py"],
 )  # fmt: skip
 def test_help_of_every_command_prints(script):
