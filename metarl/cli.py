@@ -37,6 +37,7 @@ class OneLineErrorParser(argparse.ArgumentParser):
 def run_command(command: Callable[[], int], *, debug: bool) -> int:
     """Run ``command``; turn the errors a user can act on into one line and an exit code."""
     from metarl.loop import RunFailure  # the loop imports torch's tensorboard: only when run
+    from metarl.run import first_line
 
     try:
         return command()
@@ -48,17 +49,13 @@ def run_command(command: Callable[[], int], *, debug: bool) -> int:
     except (RunFailure, SamplerError) as exc:
         if debug:
             raise
-        print(f"error: {_first_line(exc)}", file=sys.stderr)
+        print(f"error: {first_line(exc)}", file=sys.stderr)
         if isinstance(exc, RunFailure):
             print(exc.hint, file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("\nInterrupted.", file=sys.stderr)
         return 130
-
-
-def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
 
 
 SUBCOMMANDS = {
