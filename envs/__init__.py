@@ -108,3 +108,38 @@ for _name, _gym_id, _entry, _varies, _horizon, _summary in _BUILTIN:
     register_family(
         _name, _entry, varies=_varies, horizon=_horizon, gym_id=_gym_id, summary=_summary
     )
+
+# Meta-World (the optional extra metarl[metaworld]): ml1-<env> for each of its 50 v3
+# envs, ml10 and ml45. The names are listed in metarl.envs.metaworld, which imports
+# Meta-World only when an env is made.
+_METAWORLD = "metarl.envs.metaworld:MetaWorldFamily"
+_MW_KWARGS = {"reward_function_version": "v2"}
+
+
+def _register_metaworld() -> None:
+    from metarl.envs.metaworld import ML1_ENVS
+
+    for env_name in ML1_ENVS:
+        base = env_name.removesuffix("-v3")
+        register_family(
+            f"ml1-{base}",
+            _METAWORLD,
+            varies="goal",
+            horizon=500,
+            gym_id=f"metarl/MetaWorldML1-{base}-v0",
+            summary=f"Meta-World ML1 {env_name}: 50 train / 50 test goals (metarl[metaworld])",
+            kwargs={"benchmark": "ML1", "env_name": env_name, **_MW_KWARGS},
+        )
+    for bench, n_train in (("ML10", 10), ("ML45", 45)):
+        register_family(
+            bench.lower(),
+            _METAWORLD,
+            varies="reward",
+            horizon=500,
+            gym_id=f"metarl/MetaWorld{bench}-v0",
+            summary=f"Meta-World {bench}: {n_train} train / 5 held-out classes (metarl[metaworld])",
+            kwargs={"benchmark": bench, "env_name": None, **_MW_KWARGS},
+        )
+
+
+_register_metaworld()

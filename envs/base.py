@@ -43,6 +43,10 @@ class TaskAPIError(ValueError):
     """A family that does not follow the task API; the message says what is missing."""
 
 
+class FamilyUnavailableError(RuntimeError):
+    """A family whose optional dependency is not installed; the message says what to install."""
+
+
 TASK_VERBS = ("sample_tasks", "set_task", "get_task")
 
 

@@ -18,12 +18,19 @@ from typing import NoReturn
 
 from metarl import registry
 from metarl.checkpoint import CheckpointError
-from metarl.envs.base import TaskAPIError
+from metarl.envs.base import FamilyUnavailableError, TaskAPIError
 from metarl.options import ConfigError
 from metarl.sampling import SamplerError
 from metarl.video import VideoError
 
-BAD_INPUT = (ConfigError, registry.UnknownEnvError, CheckpointError, TaskAPIError, VideoError)
+BAD_INPUT = (
+    ConfigError,
+    registry.UnknownEnvError,
+    CheckpointError,
+    TaskAPIError,
+    FamilyUnavailableError,
+    VideoError,
+)
 """Errors that mean the user's input is wrong: exit code 2."""
 
 

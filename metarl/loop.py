@@ -361,7 +361,9 @@ def start_run(config: Config, *, quiet: bool = False, wandb_project: str | None 
     ``quiet``: plain lines only, even on a terminal (``--quiet``). ``wandb_project``:
     also log to W&B (``--wandb-project``; not a config key, as it changes no result).
     """
-    registry.resolve(config.env)  # unknown names fail before anything is built
+    spec = registry.resolve(config.env)  # unknown names fail before anything is built
+    # the family's fixed constructor arguments (Meta-World's reward version) go on record
+    config.env_kwargs = {**spec.kwargs, **config.env_kwargs}
     if wandb_project:
         import_wandb()  # not installed: one line, before anything is built
     run_dir = new_run_dir(config)
