@@ -81,6 +81,18 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--ray-address", help="with --sampler ray: the cluster to join; default: the run's"
     )
     parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation rollouts")
+    protocol = parser.add_argument_group(
+        "Meta-World's own protocol (needs metarl[metaworld])",
+        "--protocol metaworld scores the run with metaworld.evaluation.metalearning_evaluation",
+    )
+    protocol.add_argument("--protocol", choices=("metarl", "metaworld"), default="metarl",
+                          help="whose meta-test to run")  # fmt: skip
+    protocol.add_argument("--protocol-evals", type=int, default=10,
+                          help="rounds of test tasks (Meta-World's num_evals)")  # fmt: skip
+    protocol.add_argument("--protocol-envs", type=int, default=10,
+                          help="test sub-envs (ML10/ML45: a multiple of 5)")  # fmt: skip
+    protocol.add_argument("--protocol-eval-episodes", type=int, default=3,
+                          help="evaluation episodes per class per round")  # fmt: skip
     video = parser.add_argument_group(
         "video", 'watch it adapt (MP4 and GIF need pip install "metarl[video]")'
     )
@@ -293,6 +305,8 @@ def evaluate(args: argparse.Namespace) -> int:
         overrides["ray_address"] = args.ray_address
     config = build_config({**state["config"], **overrides})
     run = restore_run(state, config, run_dir)
+    if args.protocol == "metaworld":
+        return protocol_evaluation(args, run, path, state["iteration"] + 1)
     film, render_env = None, None
     try:
         pool = run.pools.test if args.tasks == "test" else run.pools.train
@@ -348,6 +362,26 @@ def evaluate(args: argparse.Namespace) -> int:
             gif = next(path for path in written if path.suffix == ".gif")
             log_film(run_dir, tag, film, gif.read_bytes(), meta["iteration"])
             print(f"wrote TensorBoard images {tag} (animated) and {tag}_final to {run_dir}")
+    return 0
+
+
+def protocol_evaluation(args: argparse.Namespace, run, path: Path, iteration: int) -> int:
+    """``--protocol metaworld``: Meta-World's meta-test (:mod:`metarl.metaworld_protocol`)."""
+    from metarl.metaworld_protocol import evaluate_run
+
+    for flag in ("protocol_evals", "protocol_envs", "protocol_eval_episodes", "adapt_steps"):
+        if getattr(args, flag) < 1:
+            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    try:
+        evaluate_run(
+            run, checkpoint=str(path), iteration=iteration, out_dir=Path(args.run_dir) / "eval",
+            n_envs=args.protocol_envs, tasks_per_env=2, num_evals=args.protocol_evals,
+            adaptation_steps=args.adapt_steps,
+            adaptation_episodes=args.episodes or run.config.episodes_per_task,
+            evaluation_episodes=args.protocol_eval_episodes, seed=args.seed,
+        )  # fmt: skip
+    finally:
+        run.sampler.close()
     return 0
 
 

@@ -142,3 +142,44 @@ def test_cli_smoke_run_on_ml1_reach_records_the_reward_version(tmp_path, algo):
     tags = scalars(tmp_path / "r")
     first = "adapt/return_step_0" if algo == "maml-trpo" else "adapt/return_episode_1"
     assert first in tags
+
+
+@needs_metaworld
+@pytest.mark.parametrize("algo", ["maml-trpo", "rl2"])
+def test_metaworlds_own_protocol_scores_a_checkpoint_as_metarls_meta_test(tmp_path, algo):
+    """metaworld.evaluation.metalearning_evaluation through the adapter takes the same
+    episodes, the same inner step (RL2: the same trial) and the same post-adaptation
+    episodes as metarl's meta_test, so it reports the same return."""
+    from metarl.envs.metaworld import benchmark_tasks
+
+    from metarl.config import build_config
+    from metarl.metaworld_protocol import make_protocol_agent, protocol_envs, run_protocol
+    from metarl.run import build_run, build_task_pools, make_config_env
+
+    config = build_config({
+        "env": "ml1-reach", "algo": algo, "horizon": 20, "hidden_sizes": [8],
+        "workers": 0, "train_pool_size": 4, "test_pool_size": 2, "inner_lr": 0.5, "seed": 3,
+    })  # fmt: skip
+    run = build_run(config, tmp_path)
+    family = make_config_env(config).unwrapped
+    build_task_pools(config, family)  # the benchmark seed of this run's pools
+    recurrent = algo == "rl2"  # RL2 reads the evaluation rewards from the observation
+    envs = protocol_envs(family, n_envs=2, tasks_per_env=1, horizon=20, recurrent=recurrent)
+    key = ("protocol-test",)
+    agent = make_protocol_agent(run.learner, n_envs=2, horizon=20, seed=run.sampler.seed,
+                                batch_key=key, low=-np.ones(4), high=np.ones(4))  # fmt: skip
+    # one adaptation episode per task, then one evaluation episode per task (2 per class)
+    official = run_protocol(agent, envs, num_evals=1, adaptation_steps=1,
+                            adaptation_episodes=1, evaluation_episodes=2)  # fmt: skip
+    # each sub-env holds one task: the first two of the benchmark's test set, in order
+    tasks = list(benchmark_tasks("ML1", "reach-v3", family.benchmark_seed)[1][:2])
+    ours = run.learner.meta_test(tasks, adapt_steps=1, episodes_per_task=1, batch_key=key)
+    assert set(official.success_per_class) == {"reach-v3"}
+    # a random 8-unit policy does not reach the goal in 20 steps, so no episode ended early
+    # and the official returns are metarl's full-horizon ones
+    assert official.success_rate == 0.0
+    assert official.mean_return == pytest.approx(float(ours[1].mean()), rel=1e-5)
+    # and adapting changed what the policy did: not two runs of one unadapted policy
+    assert float(ours[1].mean()) != pytest.approx(float(ours[0].mean()), rel=1e-4)
+    run.sampler.close()
+    envs.close()

@@ -283,6 +283,24 @@ class MAMLInnerLoop:
             batch, discount=self.discount, gae_lambda=self.gae_lambda, device=self.device
         )
 
+    def inner_step(
+        self, params: TaskParams, batch: EpisodeBatch, adam_state: AdamState | None = None
+    ) -> tuple[TaskParams, AdamState | None, ProcessedBatch]:
+        """One first-order inner step of every task on ``batch`` (``[T, E, H]`` episodes).
+
+        What acting between sampler calls uses (the returned parameters only choose who
+        acts next): a gradient step at the step size, or Adam at ``inner_lr`` with the
+        moments in ``adam_state``. Returns the new parameters, the Adam state and the
+        processed batch (advantages fitted by the baseline).
+        """
+        data = self._process(batch)
+        loss = reinforce_loss(self.policy, data)
+        if self.inner_optimizer == "adam":
+            params, adam_state = adam_adapt(params, loss, lr=self.inner_lr, state=adam_state)
+        else:
+            params = adapt(params, loss, lr=self.step_size(detach=True), first_order=True)
+        return params, adam_state, data
+
     def collect(
         self,
         tasks: list,

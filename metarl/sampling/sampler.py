@@ -146,7 +146,7 @@ class Sampler:
             raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
         tasks, batch_key, stacked = self._check_call(tasks, params, batch_key)
         arrays = self._collect(tasks, stacked, episodes_per_task, 1, batch_key, batch_key)
-        return _to_batch(arrays, tasks)
+        return to_episode_batch(arrays, tasks)
 
     def sample_trials(
         self,
@@ -323,7 +323,8 @@ def _check_param_names(params: Mapping, spec: PolicySpec, what: str) -> None:
         raise KeyError(f"{what} lack {missing[0]!r}; have {sorted(params)}")
 
 
-def _to_batch(arrays: dict[str, np.ndarray], tasks: tuple) -> EpisodeBatch:
+def to_episode_batch(arrays: dict[str, np.ndarray], tasks: tuple) -> EpisodeBatch:
+    """The :class:`EpisodeBatch` of :func:`~metarl.sampling.rollout.collect`'s arrays."""
     lengths = torch.from_numpy(arrays["lengths"])
     horizon = arrays["rewards"].shape[2]
     mask = (torch.arange(horizon)[None, None, :] < lengths[:, :, None]).float()
