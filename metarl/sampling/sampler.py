@@ -35,7 +35,7 @@ import torch
 
 from metarl.registry import resolve
 from metarl.sampling.backends import Backend, backend_spec, check_backend_options
-from metarl.sampling.batch import EpisodeBatch, SamplerError
+from metarl.sampling.batch import EpisodeBatch, SamplerError, split_episode_infos
 from metarl.sampling.rollout import PolicySpec, RolloutRequest
 from metarl.sampling.trials import TrialBatch, to_trial_batch
 from metarl.sampling.worker import WorkerInit
@@ -108,6 +108,8 @@ class Sampler:
         self.n_workers = self._backend.n_workers
         self.obs_dim: int = self._backend.obs_dim
         self.act_dim: int = self._backend.act_dim
+        # the family's episode_info_keys: the keys of every batch's episode_infos
+        self.info_keys: tuple[str, ...] = self._backend.info_keys
         self.fast_path = self._backend.fast_path
         if (spec.obs_dim, spec.act_dim) != (self.obs_dim, self.act_dim):
             self.close()
@@ -146,7 +148,7 @@ class Sampler:
             raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
         tasks, batch_key, stacked = self._check_call(tasks, params, batch_key)
         arrays = self._collect(tasks, stacked, episodes_per_task, 1, batch_key, batch_key)
-        return _to_batch(arrays, tasks)
+        return _to_batch(arrays, tasks, self.info_keys)
 
     def sample_trials(
         self,
@@ -173,7 +175,7 @@ class Sampler:
         arrays = self._collect(
             tasks, stacked, trials_per_task, episodes_per_trial, batch_key, noise_key
         )
-        return to_trial_batch(arrays, tasks)
+        return to_trial_batch(arrays, tasks, self.info_keys)
 
     def _check_call(self, tasks: Sequence, params: Any, batch_key: Any) -> tuple:
         self._check_open()
@@ -323,7 +325,7 @@ def _check_param_names(params: Mapping, spec: PolicySpec, what: str) -> None:
         raise KeyError(f"{what} lack {missing[0]!r}; have {sorted(params)}")
 
 
-def _to_batch(arrays: dict[str, np.ndarray], tasks: tuple) -> EpisodeBatch:
+def _to_batch(arrays: dict[str, np.ndarray], tasks: tuple, info_keys: tuple) -> EpisodeBatch:
     lengths = torch.from_numpy(arrays["lengths"])
     horizon = arrays["rewards"].shape[2]
     mask = (torch.arange(horizon)[None, None, :] < lengths[:, :, None]).float()
@@ -340,6 +342,11 @@ def _to_batch(arrays: dict[str, np.ndarray], tasks: tuple) -> EpisodeBatch:
         returns=returns,
         tasks=tasks,
         final_observations=torch.from_numpy(arrays["final_observations"]),
+        # one episode per trial: [T, E, 1, n_keys] -> [T, E] per key
+        episode_infos={
+            key: values[:, :, 0]
+            for key, values in split_episode_infos(arrays["episode_infos"], info_keys).items()
+        },
     )
 
 
