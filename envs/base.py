@@ -143,9 +143,9 @@ def episode_info_keys(env: Any) -> tuple[str, ...]:
     """The ``episode_info_keys`` that ``env``'s family declares; ``()`` for a family
     without the attribute (a plug-in written without :class:`TaskFamilyMixin`).
 
-    A :class:`TaskAPIError` unless they are distinct strings: they become tag and
-    column names, and one misspelt key would silently report 0.0 for every episode
-    of a family that never writes it, so a wrong *type* at least fails early.
+    A :class:`TaskAPIError` unless they are distinct non-empty strings other than
+    ``"return"``: they become tag and column names (``test/success_step_k``), and
+    ``"return"`` would overwrite the episode return's own tags.
     """
     family = env.unwrapped
     keys = getattr(family, "episode_info_keys", ())
@@ -154,8 +154,11 @@ def episode_info_keys(env: Any) -> tuple[str, ...]:
             f"{type(family).__name__}.episode_info_keys must be a tuple of non-empty strings "
             f"(keys of the step info dict), got {keys!r}"
         )
-    if len(set(keys)) != len(keys):
-        raise TaskAPIError(f"{type(family).__name__}.episode_info_keys repeats a key: {keys!r}")
+    if len(set(keys)) != len(keys) or "return" in keys:
+        raise TaskAPIError(
+            f"{type(family).__name__}.episode_info_keys repeats a key or names 'return' "
+            f"(the episode return's own tags): {keys!r}"
+        )
     return tuple(keys)
 
 

@@ -58,7 +58,9 @@ class Sampler:
     """Collects :class:`EpisodeBatch` es of a task family; see the module docstring.
 
     Use :func:`make_sampler` to build one. A context manager; :meth:`close`
-    stops the workers (also done at interpreter exit).
+    stops the workers (also done at interpreter exit). ``obs_dim``, ``act_dim`` and
+    ``info_keys`` (the family's ``episode_info_keys``, the keys of every batch's
+    ``episode_infos``) are read from the workers' envs at start-up.
     """
 
     def __init__(
