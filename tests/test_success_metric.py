@@ -31,6 +31,7 @@ from metarl.loop import Progress, progress_line
 from metarl.policies import MLPSpec
 from metarl.registry import make_env, register_family
 from metarl.sampling import make_sampler
+from tests.counting_env import CountingTask
 
 SUCCESS_RADIUS = 0.05
 HORIZON = 5
@@ -140,6 +141,41 @@ def test_episode_infos_are_the_max_over_each_episode_for_0_and_2_workers(sampler
             torch.testing.assert_close(
                 values, expected[:, q, None, None].expand(3, 2, 3), atol=1e-6, rtol=0
             )
+
+
+def test_ragged_episodes_keep_their_own_max_for_0_and_2_workers():
+    """Episodes that end early (terminated, truncated) in trials of several episodes: the
+    counting env's ``info["steps"]`` peaks at each episode's own length, ``"id"`` (a numpy
+    integer) is the task id, in every episode of every trial, whatever the workers."""
+    entry = "tests.counting_env:CountingInfoEnv"
+    register_family("counting-info", entry, varies="goal", horizon=6, override=True)
+    tasks = [CountingTask(id=7, end_at=2), CountingTask(id=8, truncate_at=4), CountingTask(id=9)]
+    spec = MLPSpec(obs_dim=6, act_dim=2, hidden_sizes=(2,))
+    params = {name: np.zeros(shape) for name, shape in spec.param_shapes().items()}
+    batches = []
+    for workers in (0, 2):
+        with make_sampler("counting-info", spec=spec, seed=1, workers=workers) as sampler:
+            assert sampler.info_keys == ("steps", "id")
+            batches.append(
+                (
+                    sampler.sample(tasks, params, episodes_per_task=2, batch_key=(0,)),
+                    sampler.sample_trials(
+                        tasks, params, trials_per_task=2, episodes_per_trial=3, batch_key=(1,)
+                    ),
+                )
+            )
+    for episodes, trials in batches:
+        lengths = torch.tensor([2.0, 4.0, 6.0])
+        torch.testing.assert_close(episodes.episode_infos["steps"], lengths[:, None].expand(3, 2))
+        torch.testing.assert_close(
+            trials.episode_infos["steps"], lengths[:, None, None].expand(3, 2, 3)
+        )
+        assert torch.equal(
+            trials.episode_infos["id"], torch.tensor([7.0, 8.0, 9.0])[:, None, None].expand(3, 2, 3)
+        )
+    for a, b in zip(*batches):
+        assert a.episode_infos.keys() == b.episode_infos.keys()
+        assert all(torch.equal(a.episode_infos[k], b.episode_infos[k]) for k in a.episode_infos)
 
 
 def replayed_max(task, actions: np.ndarray, key: str) -> float:
@@ -292,14 +328,12 @@ TINY = [
 
 
 def run_module(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m module args``; the toy family is ``test_success_metric:SuccessNavEnv``."""
-    env = {
-        **os.environ,
-        "PYTHONUNBUFFERED": "1",
-        "PYTHONPATH": os.pathsep.join(
-            [str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]
-        ),
-    }
+    """``python -m module args``; the toy family is ``test_success_metric:SuccessNavEnv``
+    (this file, imported as pytest imports it, from tests/; it imports ``tests.counting_env``
+    from the repository root)."""
+    here = Path(__file__).parent
+    path = [str(here), str(here.parent), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONPATH": os.pathsep.join(path)}
     return subprocess.run(
         [sys.executable, "-m", module, *args],
         cwd=cwd,
