@@ -78,12 +78,13 @@ def main() -> None:
                 train_step(run, logger, progress, iteration)
             train_seconds = time.perf_counter() - train_start
             test_start = time.perf_counter()
-            per_task = run.learner.meta_test(
+            curve = run.learner.meta_test(
                 list(run.pools.test),
                 adapt_steps=args.adapt_steps,
                 episodes_per_task=config.episodes_per_task,
                 batch_key=("test", config.iterations),
-            )  # [K + 1, T]
+            )
+            per_task = curve.returns  # [K + 1, T]
             test_seconds = time.perf_counter() - test_start
         finally:
             logger.close()
@@ -96,7 +97,8 @@ def main() -> None:
         f"(stochastic policy), {test_seconds:.1f} s:"
     )
     for k in range(per_task.shape[0]):
-        print(f"  return after {k} step(s): {float(per_task[k].mean()):.2f}")
+        infos = "".join(f", {key} {float(v[k].mean()):.2f}" for key, v in curve.infos.items())
+        print(f"  return after {k} step(s): {float(per_task[k].mean()):.2f}{infos}")
     by_task = defaultdict(list)
     for t, task in enumerate(tasks):
         by_task[repr(task)].append(t)

@@ -26,7 +26,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -58,12 +58,22 @@ class TaskFamilyMixin(Generic[TaskT]):
     * ``task_type``: the frozen dataclass of its tasks (``set_task`` checks it);
     * ``varies``: ``"goal"``, ``"dynamics"`` or ``"reward"`` (shown by ``--list-envs``);
     * ``finite_tasks``: ``True`` when the family has only a handful of distinct
-      tasks (halfcheetah-dir has two), so train and test pools may share tasks.
+      tasks (halfcheetah-dir has two), so train and test pools may share tasks;
+    * ``episode_info_keys``: keys of the step ``info`` dict whose maximum over each
+      episode the sampler reports as a per-episode metric, logged and evaluated
+      next to the return (``test/success_step_k``). For a boolean such as
+      Meta-World's ``info["success"]`` the maximum says whether *any* step of the
+      episode succeeded. A step whose ``info`` lacks a key counts as 0.0.
+
+    A task may carry a string attribute ``group`` (Meta-World's ML10/ML45 tasks:
+    their environment's name); the per-episode metrics are then also reported per
+    group (``test/success_step_k/<group>``, see :func:`task_groups`).
     """
 
     task_type: ClassVar[type]
     varies: ClassVar[str] = "goal"
     finite_tasks: ClassVar[bool] = False
+    episode_info_keys: ClassVar[tuple[str, ...]] = ()
     _task: TaskT | None = None
 
     # -- the three verbs -------------------------------------------------
@@ -131,6 +141,45 @@ def task_as_dict(task: Any) -> dict[str, Any]:
         value = getattr(task, field.name)
         out[field.name] = value.tolist() if isinstance(value, np.ndarray) else value
     return out
+
+
+def episode_info_keys(env: Any) -> tuple[str, ...]:
+    """The ``episode_info_keys`` that ``env``'s family declares; ``()`` for a family
+    without the attribute (a plug-in written without :class:`TaskFamilyMixin`).
+
+    A :class:`TaskAPIError` unless they are distinct non-empty strings other than
+    ``"return"``: they become tag and column names (``test/success_step_k``), and
+    ``"return"`` would overwrite the episode return's own tags.
+    """
+    family = env.unwrapped
+    keys = getattr(family, "episode_info_keys", ())
+    if isinstance(keys, str) or not all(isinstance(key, str) and key for key in keys):
+        raise TaskAPIError(
+            f"{type(family).__name__}.episode_info_keys must be a tuple of non-empty strings "
+            f"(keys of the step info dict), got {keys!r}"
+        )
+    if len(set(keys)) != len(keys) or "return" in keys:
+        raise TaskAPIError(
+            f"{type(family).__name__}.episode_info_keys repeats a key or names 'return' "
+            f"(the episode return's own tags): {keys!r}"
+        )
+    return tuple(keys)
+
+
+def task_groups(tasks: Sequence[Any]) -> dict[str, list[int]]:
+    """The indices of each group of ``tasks``, by their string attribute ``group``.
+
+    Groups come in order of first appearance, indices in task order. Empty unless
+    *every* task has a string ``group`` (a partial grouping would silently drop
+    tasks from the per-group means).
+    """
+    groups: dict[str, list[int]] = {}
+    for i, task in enumerate(tasks):
+        group = getattr(task, "group", None)
+        if not isinstance(group, str):
+            return {}
+        groups.setdefault(group, []).append(i)
+    return groups
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,12 @@ into the run directory:
   distinct task weighted equally (a pool of 8 backward and 12 forward draws
   then reads as the balanced family it samples from);
 * ``eval/<name>.png``: the adaptation curve of every task and their mean;
+* for a family with ``episode_info_keys`` (Meta-World's ``success``), the same for
+  each key's per-episode maximum: ``<key>_mean`` and ``<key>_std`` over tasks in the
+  table, CSV and JSON (plus every task's own values in the JSON), and, when every
+  task has a string ``group`` (Meta-World ML10/ML45: its environment),
+  ``<key>_mean/<group>`` and ``<key>_std/<group>``; one more panel per key in the
+  PNG. Without keys every output is exactly as before;
 * with ``--video``: MP4s, a GIF and a PNG sheet of held-out tasks played before and
   after each unit of adaptation, and the same in TensorBoard (:mod:`metarl.video`);
   with ``--sheet``, the PNG sheet alone.
@@ -28,14 +34,17 @@ import csv
 import dataclasses
 import json
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from metarl.algos.base import AdaptationCurve
 from metarl.checkpoint import latest_checkpoint, load_checkpoint
 from metarl.cli import OneLineErrorParser, run_command
 from metarl.config import CONFIG_FIELDS, build_config
+from metarl.envs.base import task_groups
 from metarl.options import ConfigError
 from metarl.sampling.backends import BACKENDS
 from metarl.video import (
@@ -146,6 +155,28 @@ def summarise(per_task: torch.Tensor) -> list[dict]:
     ]
 
 
+def info_columns(
+    infos: Mapping[str, torch.Tensor], groups: Mapping[str, list[int]]
+) -> dict[str, list[float]]:
+    """The per-episode info columns of an evaluation: column name -> ``[K + 1]`` values.
+
+    Per key, in order: ``<key>_mean`` and ``<key>_std`` over every task, then for each
+    group ``<key>_mean/<group>`` and ``<key>_std/<group>`` over its tasks (population std,
+    as :func:`summarise`). Empty for a family without keys.
+
+    Args:
+        infos: key -> ``[K + 1, T]`` (an :class:`~metarl.algos.base.AdaptationCurve`'s).
+        groups: group -> its task indices (:func:`~metarl.envs.base.task_groups`), or ``{}``.
+    """
+    columns: dict[str, list[float]] = {}
+    for key, per_task in infos.items():
+        for suffix, idx in [("", slice(None)), *((f"/{g}", i) for g, i in groups.items())]:
+            values = per_task[:, idx]
+            columns[f"{key}_mean{suffix}"] = values.mean(dim=1).tolist()
+            columns[f"{key}_std{suffix}"] = values.std(dim=1, unbiased=False).tolist()
+    return columns
+
+
 def task_as_json(task: Any) -> dict | str:
     """A task as JSON: its fields for a dataclass task, a dict as it is, else its repr."""
     if isinstance(task, dict):  # a plug-in family's task, or one read back from JSON
@@ -193,23 +224,70 @@ def balanced_curve(groups: list[dict]) -> list[float]:
     return torch.tensor([group["mean"] for group in groups]).mean(dim=0).tolist()
 
 
-def format_table(rows: list[dict], *, unit: str) -> str:
-    lines = [f"{unit:>6}  {'mean return':>12}  {'std':>9}"]
-    lines += [f"{r['step']:>6}  {r['mean']:>12.2f}  {r['std']:>9.2f}" for r in rows]
+def format_table(
+    rows: list[dict],
+    *,
+    unit: str,
+    keys: tuple[str, ...] = (),
+    infos: Mapping[str, list[float]] | None = None,
+) -> str:
+    """The printed table: one row per unit of adaptation, the return's mean and std, then
+    for each of ``keys`` its ``<key>_mean`` and ``<key>_std`` from :func:`info_columns`."""
+    header = f"{unit:>6}  {'mean return':>12}  {'std':>9}"
+    lines = [header + "".join(f"  {key:>9}  {'std':>9}" for key in keys)]
+    for k, r in enumerate(rows):
+        line = f"{r['step']:>6}  {r['mean']:>12.2f}  {r['std']:>9.2f}"
+        for key in keys:
+            line += f"  {infos[f'{key}_mean'][k]:>9.2f}  {infos[f'{key}_std'][k]:>9.2f}"
+        lines.append(line)
     return "\n".join(lines)
 
 
-def write_outputs(out_dir: Path, name: str, per_task: torch.Tensor, meta: dict) -> list[Path]:
-    """CSV, JSON and PNG of the adaptation curves; returns the paths written."""
+def plot_curves(ax, per_task: torch.Tensor, mean: list[float], std: list[float], ylabel: str):
+    """Every task's curve (thin) and the mean ± std over tasks on ``ax``.
+
+    Args:
+        per_task: ``[K + 1, T]``. mean, std: ``[K + 1]`` over the tasks.
+    """
+    steps = list(range(per_task.shape[0]))
+    for i in range(per_task.shape[1]):
+        ax.plot(steps, per_task[:, i].tolist(), color="tab:blue", alpha=0.25, linewidth=1)
+    ax.errorbar(steps, mean, yerr=std, color="black", linewidth=2, capsize=4, label="mean ± std")
+    ax.set_ylabel(ylabel)
+    ax.set_xticks(steps)
+
+
+def write_outputs(
+    out_dir: Path,
+    name: str,
+    curve: AdaptationCurve,
+    meta: dict,
+    groups: Mapping[str, list[int]] | None = None,
+) -> list[Path]:
+    """CSV, JSON and PNG of the adaptation curves; returns the paths written.
+
+    ``groups``: the task groups (:func:`~metarl.envs.base.task_groups`), for the infos'
+    per-group columns. Without infos the files are what they were before infos existed.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
+    per_task = curve.returns
     rows = summarise(per_task)
+    infos = info_columns(curve.infos, groups or {})
     csv_path, json_path, png_path = (out_dir / f"{name}.{ext}" for ext in ("csv", "json", "png"))
     with open(csv_path, "w", newline="") as f:
         writer = csv.writer(f)
-        writer.writerow(["step", "mean", "std", *[f"task_{i}" for i in range(per_task.shape[1])]])
-        for row, values in zip(rows, per_task.tolist()):
-            writer.writerow([row["step"], row["mean"], row["std"], *values])
-    report = {**meta, "summary": rows, "per_task": per_task.T.tolist()}
+        tasks = [f"task_{i}" for i in range(per_task.shape[1])]
+        writer.writerow(["step", "mean", "std", *tasks, *infos])  # last: keyless CSVs unchanged
+        for k, (row, values) in enumerate(zip(rows, per_task.tolist())):
+            extra = [column[k] for column in infos.values()]
+            writer.writerow([row["step"], row["mean"], row["std"], *values, *extra])
+    summary = [
+        {**row, **{name: column[k] for name, column in infos.items()}} for k, row in enumerate(rows)
+    ]
+    report = {**meta, "summary": summary, "per_task": per_task.T.tolist()}
+    if curve.infos:
+        report["per_task_infos"] = {key: v.T.tolist() for key, v in curve.infos.items()}
+        report["groups"] = dict(groups or {})
     json_path.write_text(json.dumps(report, indent=2, default=repr))  # numpy scalars in tasks
 
     import matplotlib
@@ -217,18 +295,20 @@ def write_outputs(out_dir: Path, name: str, per_task: torch.Tensor, meta: dict) 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    steps = list(range(per_task.shape[0]))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i in range(per_task.shape[1]):
-        ax.plot(steps, per_task[:, i].tolist(), color="tab:blue", alpha=0.25, linewidth=1)
-    mean = [r["mean"] for r in rows]
-    std = [r["std"] for r in rows]
-    ax.errorbar(steps, mean, yerr=std, color="black", linewidth=2, capsize=4, label="mean ± std")
+    n_panels = 1 + len(curve.infos)
+    fig, axes = plt.subplots(1, n_panels, figsize=(6 * n_panels, 4), squeeze=False)
+    ax = axes[0, 0]
+    plot_curves(ax, per_task, [r["mean"] for r in rows], [r["std"] for r in rows], "return")
     ax.set_xlabel(meta["unit"])
-    ax.set_ylabel("return")
-    ax.set_xticks(steps)
     ax.set_title(f"{meta['env']} ({meta['algo']}): {per_task.shape[1]} {meta['tasks']} tasks")
     ax.legend()
+    for ax, (key, values) in zip(axes[0, 1:], curve.infos.items()):
+        mean, std = infos[f"{key}_mean"], infos[f"{key}_std"]
+        plot_curves(ax, values, mean, std, f"{key} (max over each episode)")
+        for group in groups or {}:
+            ax.plot(infos[f"{key}_mean/{group}"], linewidth=1.5, label=group)
+        ax.set_xlabel(meta["unit"])
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(png_path, dpi=100)
     plt.close(fig)
@@ -313,7 +393,7 @@ def evaluate(args: argparse.Namespace) -> int:
         tasks = list(pool[: args.n_tasks] if args.n_tasks else pool)
         if args.video or args.sheet:
             render_env, video_tasks, video_steps, cell = open_video(args, run, pool)
-        per_task = run.learner.meta_test(
+        curve = run.learner.meta_test(
             tasks,
             adapt_steps=args.adapt_steps,
             episodes_per_task=args.episodes or config.episodes_per_task,
@@ -340,17 +420,23 @@ def evaluate(args: argparse.Namespace) -> int:
         f"{config.algo} on {config.env}, checkpoint {path} (iteration {meta['iteration']}), "
         f"{len(tasks)} {args.tasks} tasks"
     )
-    print(format_table(summarise(per_task), unit=column))
+    per_task, groups = curve.returns, task_groups(tasks) if curve.infos else {}
+    infos = info_columns(curve.infos, groups)
+    print(format_table(summarise(per_task), unit=column, keys=tuple(curve.infos), infos=infos))
+    for key in curve.infos:
+        for group, idx in groups.items():
+            values = " ".join(f"{value:.2f}" for value in infos[f"{key}_mean/{group}"])
+            print(f"  {key}, group {group} ({len(idx)} tasks): {values}")
     meta["task_params"] = [task_as_json(task) for task in tasks]
     meta["by_distinct_task"] = by_distinct_task(tasks, per_task)
     for group in meta["by_distinct_task"]:
-        curve = " ".join(f"{value:.2f}" for value in group["mean"])
-        print(f"  {group['task']} ({group['n_tasks']} tasks): {curve}")
+        text = " ".join(f"{value:.2f}" for value in group["mean"])
+        print(f"  {group['task']} ({group['n_tasks']} tasks): {text}")
     meta["balanced_mean"] = balanced_curve(meta["by_distinct_task"])
     if meta["balanced_mean"]:
-        curve = " ".join(f"{value:.2f}" for value in meta["balanced_mean"])
-        print(f"  each distinct task weighted equally: {curve}")
-    for written in write_outputs(run_dir / "eval", name, per_task, meta):
+        text = " ".join(f"{value:.2f}" for value in meta["balanced_mean"])
+        print(f"  each distinct task weighted equally: {text}")
+    for written in write_outputs(run_dir / "eval", name, curve, meta, groups):
         print(f"wrote {written}")
     if film is not None:
         film_name = f"{args.tasks}_iter{meta['iteration']:06d}_steps{video_steps}"

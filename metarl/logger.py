@@ -3,8 +3,11 @@
 Tags: ``adapt/return_step_k`` (training meta-batch), ``test/return_step_k``
 (held-out tasks), ``probe/task_i/return_step_k`` (one scalar per probe task),
 ``loss/...``, ``trpo/...``, ``ppo/...``, ``baseline/...``, ``time/...``,
-``perf/...``. The custom-scalars layout groups the probe tasks so that, for
-each adaptation step, every probe task is its own curve in one chart.
+``perf/...``. A family with ``episode_info_keys`` adds ``adapt/<key>_step_k`` and
+``test/<key>_step_k`` (``success``: the fraction of episodes that succeeded), and,
+for tasks with a ``group``, ``test/<key>_step_k/<group>``. The custom-scalars
+layout groups the probe tasks so that, for each adaptation step, every probe task
+is its own curve in one chart.
 
 The same scalars go to ``progress.csv`` in the run directory (:class:`CsvLog`),
 one row per step, for those who plot with pandas as from garage or rllab, and,
@@ -17,27 +20,47 @@ import csv
 import io
 import numbers
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
+from metarl.envs.base import task_groups
 from metarl.options import ConfigError
 
 
-def return_tag(prefix: str, k: int, unit: str) -> str:
-    """The tag of the return after the k-th unit of adaptation (k counts from 0).
+def metric_tag(prefix: str, metric: str, k: int, unit: str) -> str:
+    """The tag of ``metric`` (``return``, ``success``...) after the k-th unit of adaptation.
 
-    MAML (``unit="step"``): ``<prefix>/return_step_k``, k = 0 before adapting.
-    RL2 (``unit="episode"``): ``<prefix>/return_episode_{k+1}``, the (k+1)-th episode of a trial.
+    MAML (``unit="step"``): ``<prefix>/<metric>_step_k``, k = 0 before adapting.
+    RL2 (``unit="episode"``): ``<prefix>/<metric>_episode_{k+1}``, the (k+1)-th episode
+    of a trial.
     """
     if unit == "step":
-        return f"{prefix}/return_step_{k}"
+        return f"{prefix}/{metric}_step_{k}"
     if unit == "episode":
-        return f"{prefix}/return_episode_{k + 1}"
+        return f"{prefix}/{metric}_episode_{k + 1}"
     raise ValueError(f"unit must be 'step' or 'episode', got {unit!r}")
+
+
+def return_tag(prefix: str, k: int, unit: str) -> str:
+    """The tag of the return after the k-th unit of adaptation (see :func:`metric_tag`)."""
+    return metric_tag(prefix, "return", k, unit)
+
+
+def curve_scalars(prefix: str, curves: Mapping[str, Sequence[float]], unit: str) -> dict:
+    """``<prefix>/<metric>_step_k`` for each metric's value after k = 0..K units.
+
+    Args:
+        curves: metric -> ``[K + 1]`` values, e.g. an iteration's ``infos_per_step``.
+    """
+    return {
+        metric_tag(prefix, metric, k, unit): float(value)
+        for metric, values in curves.items()
+        for k, value in enumerate(values)
+    }
 
 
 def adaptation_scalars(per_task: torch.Tensor, unit: str, n_probe_tasks: int) -> dict[str, float]:
@@ -53,6 +76,27 @@ def adaptation_scalars(per_task: torch.Tensor, unit: str, n_probe_tasks: int) ->
     for i in range(min(n_probe_tasks, per_task.shape[1])):
         for k in steps:
             scalars[return_tag(f"probe/task_{i}", k, unit)] = float(per_task[k, i])
+    return scalars
+
+
+def info_scalars(infos: Mapping[str, torch.Tensor], unit: str, tasks: Sequence) -> dict:
+    """A meta-test's per-episode info tags: ``test/<key>_step_k``, the mean over tasks,
+    and, when every task has a string ``group``, ``test/<key>_step_k/<group>``, the mean
+    over that group's tasks (Meta-World ML10/ML45: one per environment).
+
+    Args:
+        infos: key -> ``[K + 1, T]``, as :class:`~metarl.algos.base.AdaptationCurve` holds.
+        unit: ``"step"`` or ``"episode"`` (see :func:`metric_tag`).
+        tasks: the ``T`` tasks, in the order of the columns.
+    """
+    groups = task_groups(tasks)
+    scalars: dict[str, float] = {}
+    for key, per_task in infos.items():
+        for k in range(per_task.shape[0]):
+            tag = metric_tag("test", key, k, unit)
+            scalars[tag] = float(per_task[k].mean())
+            for group, columns in groups.items():
+                scalars[f"{tag}/{group}"] = float(per_task[k, columns].mean())
     return scalars
 
 

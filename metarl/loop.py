@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from metarl import registry
-from metarl.algos.base import IterationResult, attach_progress
+from metarl.algos.base import AdaptationCurve, IterationResult, attach_progress
 from metarl.checkpoint import (
     capture_rng_states,
     load_latest,
@@ -35,7 +35,14 @@ from metarl.checkpoint import (
     save_checkpoint,
 )
 from metarl.config import Config, ConfigError, save_config
-from metarl.logger import RunLogger, WandbLog, adaptation_scalars, import_wandb, return_tag
+from metarl.logger import (
+    RunLogger,
+    WandbLog,
+    adaptation_scalars,
+    curve_scalars,
+    import_wandb,
+    info_scalars,
+)
 from metarl.progress import PLAIN, PlainDisplay, make_display, wants_live
 from metarl.run import (
     Run,
@@ -109,18 +116,22 @@ class Progress:
         self.rejected_in_a_row = self.rejected_in_a_row + 1 if rejected else 0
 
 
-def meta_test(run: Run, logger: RunLogger, iteration: int) -> float:
-    """Adapt on every held-out task; log ``test/`` means and the probe tasks' own curves."""
+def meta_test(run: Run, logger: RunLogger, iteration: int) -> AdaptationCurve:
+    """Adapt on every held-out task; log ``test/`` means (returns, then any per-episode
+    infos, per task group too) and the probe tasks' own returns. Returns the curve."""
     cfg = run.config
-    per_task = run.learner.meta_test(
-        list(run.pools.test),
+    tasks = list(run.pools.test)
+    curve = run.learner.meta_test(
+        tasks,
         adapt_steps=cfg.eval_adapt_steps,
         episodes_per_task=cfg.episodes_per_task,
         batch_key=("test", iteration),
-    )  # [K + 1, T]
-    scalars = adaptation_scalars(per_task, run.learner.adaptation_unit, cfg.n_probe_tasks)
+    )  # [K + 1, T] each
+    unit = run.learner.adaptation_unit
+    scalars = adaptation_scalars(curve.returns, unit, cfg.n_probe_tasks)
+    scalars.update(info_scalars(curve.infos, unit, tasks))
     logger.scalars(scalars, iteration)
-    return float(per_task[-1].mean())
+    return curve
 
 
 def checkpoint_state(run: Run, progress: Progress, iteration: int) -> dict:
@@ -165,7 +176,8 @@ def train_step(
     progress.env_steps += result.env_steps
     progress.count_update(result.rejected)
     unit = run.learner.adaptation_unit
-    scalars = {return_tag("adapt", k, unit): r for k, r in enumerate(result.returns_per_step)}
+    scalars = curve_scalars("adapt", {"return": result.returns_per_step}, unit)
+    scalars.update(curve_scalars("adapt", result.infos_per_step, unit))
     scalars.update(result.scalars)
     scalars.update({f"time/{k}": v for k, v in result.times.items()})
     scalars.update(
@@ -214,10 +226,12 @@ def evaluate_step(
     if not cfg.eval_every or not ((iteration + 1) % cfg.eval_every == 0 or last):
         return
     display.phase("meta-testing")
-    test_return = meta_test(run, logger, iteration)
+    curve = meta_test(run, logger, iteration)
+    test_return = float(curve.returns[-1].mean())
+    infos = "".join(f", {key} {float(v[-1].mean()):.2f}" for key, v in curve.infos.items())
     display.print(
         f"  meta-test on {len(run.pools.test)} held-out tasks: "
-        f"return after {cfg.eval_adapt_steps} steps {test_return:.2f}"
+        f"return after {cfg.eval_adapt_steps} steps {test_return:.2f}{infos}"
     )
     if test_return > progress.best_test_return:
         progress.best_test_return = test_return
@@ -319,12 +333,20 @@ def train(
 def progress_line(
     iteration: int, total: int, progress: Progress, result: IterationResult, seconds: float
 ) -> str:
-    """The one line printed per iteration (scripts and tests read this exact format)."""
+    """The one line printed per iteration (scripts and tests read this exact format).
+
+    A family with ``episode_info_keys`` adds `` | success 0.10 -> 0.35`` per key after the
+    returns; without keys the line is as it always was.
+    """
     returns = " -> ".join(f"{r:.1f}" for r in result.returns_per_step)
+    infos = "".join(
+        f" | {key} " + " -> ".join(f"{v:.2f}" for v in values)
+        for key, values in result.infos_per_step.items()
+    )
     kl_text = f" | kl {result.kl:.4f}" if result.kl is not None else ""
     return (
-        f"iter {iteration + 1}/{total} | steps {progress.env_steps} | return {returns}{kl_text} | "
-        f"{seconds:.1f} s | {result.env_steps / max(seconds, 1e-9):.0f} steps/s"
+        f"iter {iteration + 1}/{total} | steps {progress.env_steps} | return {returns}{infos}"
+        f"{kl_text} | {seconds:.1f} s | {result.env_steps / max(seconds, 1e-9):.0f} steps/s"
     )
 
 

@@ -210,6 +210,7 @@ class GradientProtocolAgent:
             "terminated": np.zeros((self.n, e, h), bool),
             "lengths": np.zeros((self.n, e), np.int64),
             "final_observations": np.zeros((self.n, e, d), np.float32),
+            "episode_infos": np.zeros((self.n, e, 1, 0), np.float32),  # adapting needs none
         }
         for i, episodes in enumerate(self._episodes):
             for j, steps in enumerate(episodes[:e]):

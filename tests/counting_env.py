@@ -79,3 +79,16 @@ class CountingEnv(TaskFamilyMixin, gymnasium.Env):
         terminated = t + 1 == task.end_at
         truncated = t + 1 == task.truncate_at
         return obs, reward, terminated, truncated, {"task": task}
+
+
+class CountingInfoEnv(CountingEnv):
+    """The counting env with ``episode_info_keys``: ``info["steps"]`` is the steps taken so
+    far (an episode's maximum is its length) and ``info["id"]`` the task id."""
+
+    episode_info_keys = ("steps", "id")
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = super().step(action)
+        info["steps"] = self._t
+        info["id"] = np.int64(self._require_task().id)  # a numpy scalar, as some envs give
+        return obs, reward, terminated, truncated, info

@@ -123,9 +123,10 @@ def test_each_learner_follows_the_protocol(name, tmp_path):
         assert isinstance(result, IterationResult) and result.rejected is False
         assert result.env_steps > 0
         assert (result.kl is None) == (name == "reptile")  # Reptile's step has no trust region
-        per_task = learner.meta_test(list(run.pools.test), adapt_steps=1, episodes_per_task=2,
-                                     batch_key=("test", 0))  # fmt: skip
-        assert per_task.shape == (2, 2) and torch.isfinite(per_task).all()
+        curve = learner.meta_test(list(run.pools.test), adapt_steps=1, episodes_per_task=2,
+                                  batch_key=("test", 0))  # fmt: skip
+        assert curve.returns.shape == (2, 2) and torch.isfinite(curve.returns).all()
+        assert curve.infos == {} and result.infos_per_step == {}  # point-nav declares no keys
         state = learner.state_dict()
         learner.load_state_dict(state)
         assert algorithm(name).build_learner is not None

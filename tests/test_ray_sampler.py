@@ -47,7 +47,10 @@ def policy_params(n: int) -> list[dict[str, np.ndarray]]:
 def assert_same(a, b) -> None:
     assert a.tasks == b.tasks
     for name in FIELDS if isinstance(a, EpisodeBatch) else a.__dataclass_fields__:
-        if name != "tasks":
+        if name == "episode_infos":  # key -> tensor (empty for this family)
+            x, y = getattr(a, name), getattr(b, name)
+            assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x), name
+        elif name != "tasks":
             assert torch.equal(getattr(a, name), getattr(b, name)), name
 
 
@@ -83,6 +86,7 @@ def test_ray_batch_is_the_local_batch(ray_sampler):
     assert batch.observations.shape == (len(TASKS), 3, HORIZON, 6)
     assert_same(batch, expected)
     assert_same(ray_sampler.sample(TASKS, params[0], **kwargs), expected_shared)
+    assert ray_sampler.info_keys == ()
     stats = ray_sampler.last_stats
     assert stats.workers == 2 and len(stats.worker_busy_s) == 2
     assert stats.env_steps == expected_shared.env_steps
@@ -174,3 +178,20 @@ def test_backend_arguments_are_checked():
         make_sampler(FAMILY, spec=SPEC, seed=0, workers=0, ray_address="auto")
     with pytest.raises(ConfigError, match="ray_address"):
         build_config({"ray_address": "auto"})
+
+
+@pytest.mark.ray
+def test_ray_carries_a_familys_episode_infos_as_the_local_backend(ray_instance):
+    """The keys reach the Sampler from the actors, the per-episode maxima come back whole."""
+    family = "counting-info-ray-test"
+    register_family(family, "tests.counting_env:CountingInfoEnv", varies="goal",
+                    horizon=HORIZON, override=True)  # fmt: skip
+    params = policy_params(len(TASKS))
+    kwargs = dict(trials_per_task=2, episodes_per_trial=2, batch_key=(5, "trials"))
+    with make_sampler(family, spec=SPEC, seed=SEED, workers=2) as local:
+        expected = local.sample_trials(TASKS, params, **kwargs)
+    with make_sampler(family, spec=SPEC, seed=SEED, workers=2, backend="ray") as sampler:
+        assert sampler.info_keys == ("steps", "id")
+        batch = sampler.sample_trials(TASKS, params, **kwargs)
+    assert_same(batch, expected)
+    assert torch.equal(batch.episode_infos["steps"], batch.episode_lengths.float())

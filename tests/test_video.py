@@ -177,7 +177,8 @@ def test_maml_actors_are_the_policies_meta_test_scores(maml_run):
     run = load_run(maml_run)
     try:
         tasks, key = list(run.pools.test), ("evaluate", 7)
-        per_task = run.learner.meta_test(tasks, adapt_steps=2, episodes_per_task=2, batch_key=key)
+        curve = run.learner.meta_test(tasks, adapt_steps=2, episodes_per_task=2, batch_key=key)
+        per_task = curve.returns
         runs = run.learner.adapted_actors(tasks, adapt_steps=2, episodes_per_task=2, batch_key=key)
         assert [[r.episodes for r in task_runs] for task_runs in runs] == [[1, 1, 1]] * 3
         for k in range(3):

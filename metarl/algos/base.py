@@ -31,6 +31,9 @@ class IterationResult:
     Attributes:
         returns_per_step: mean return after k = 0..K units of adaptation
             (``adapt/return_step_k``, or ``adapt/return_episode_{k+1}`` for RL2).
+        infos_per_step: per key of the family's ``episode_info_keys``, the mean over
+            the meta-batch's episodes of the key's per-episode maximum after k = 0..K
+            units (``adapt/success_step_k``); empty for a family without keys.
         env_steps: real env steps collected this iteration.
         times: seconds per phase, e.g. ``sampling``, ``adaptation``, ``update``.
         scalars: namespaced update statistics (``loss/...``, ``trpo/...``, ``ppo/...``).
@@ -47,6 +50,22 @@ class IterationResult:
     scalars: dict[str, float]
     rejected: bool = False
     kl: float | None = None
+    infos_per_step: dict[str, list[float]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class AdaptationCurve:
+    """What a meta-test measures on ``T`` tasks after k = 0..K units of adaptation.
+
+    Attributes:
+        returns: ``[K + 1, T]`` mean return of each task's episodes after k units.
+        infos: per key of the family's ``episode_info_keys``, ``[K + 1, T]``: the mean
+            over each task's episodes of the key's per-episode maximum (for Meta-World's
+            ``success``, the fraction of episodes that succeeded); empty without keys.
+    """
+
+    returns: torch.Tensor
+    infos: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 class MetaLearner(Protocol):
@@ -73,8 +92,9 @@ class MetaLearner(Protocol):
 
     def meta_test(
         self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
-    ) -> torch.Tensor:
-        """Mean return of each task after each unit of adaptation: ``[adapt_steps + 1, T]``."""
+    ) -> AdaptationCurve:
+        """Each task's mean return (and per-episode infos) after each unit of adaptation:
+        ``[adapt_steps + 1, T]`` each (see :class:`AdaptationCurve`)."""
         ...
 
     def state_dict(self) -> dict:

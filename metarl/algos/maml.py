@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
-from metarl.algos.base import ActorRun, IterationResult
+from metarl.algos.base import ActorRun, AdaptationCurve, IterationResult
 from metarl.functional import (
     AdamState,
     StepSize,
@@ -180,6 +180,8 @@ class AdaptationData:
             (detached).
         returns_per_step: mean episode return after k = 0..K adaptation steps.
         per_task_returns: ``[K + 1, T]`` mean return of each task after k steps.
+        infos_per_step / per_task_infos: the same for each key of the family's
+            ``episode_info_keys`` (its per-episode maximum); empty without keys.
         env_steps: real env steps collected.
         time_sampling / time_adaptation: seconds spent in each.
         acting_params: ``K + 1`` numpy parameter sets; ``acting_params[k]`` (``[T, ...]``
@@ -196,6 +198,12 @@ class AdaptationData:
     time_adaptation: float = 0.0
     explained_variance: float = field(default=0.0)
     acting_params: list[dict[str, np.ndarray]] = field(default_factory=list)
+    infos_per_step: dict[str, list[float]] = field(default_factory=dict)
+    per_task_infos: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def curve(self) -> AdaptationCurve:
+        """Each task's returns and infos after k = 0..K steps, ``[K + 1, T]`` each."""
+        return AdaptationCurve(self.per_task_returns, self.per_task_infos)
 
 
 class LearnedStepSizes(Protocol):
@@ -319,6 +327,8 @@ class MAMLInnerLoop:
         meta = {k: v.detach().requires_grad_() for k, v in self.policy.params().items()}
         params = expand_params(meta, len(tasks))
         train, returns_per_step, per_task, steps = [], [], [], 0
+        infos_per_step: dict[str, list[float]] = {}  # key -> [K + 1] means, as returns_per_step
+        per_task_infos: dict[str, list[torch.Tensor]] = {}  # key -> K + 1 of [T]
         acting = []  # the numpy parameters each step sampled with, kept for adapted_actors
         t_sample = t_adapt = 0.0
         adam_state: AdamState | None = None  # Reptile's Adam: fresh moments per task and call
@@ -341,16 +351,14 @@ class MAMLInnerLoop:
             progress.phase("adapting")  # fitting the baseline, then (k < K) the inner step
             returns_per_step.append(float(batch.returns.mean()))
             per_task.append(batch.returns.mean(dim=1))
-            data = self._process(batch)
+            for key, values in batch.episode_infos.items():  # [T, E] each
+                infos_per_step.setdefault(key, []).append(float(values.mean()))
+                per_task_infos.setdefault(key, []).append(values.mean(dim=1))
             if k < adapt_steps:
+                params, adam_state, data = self.inner_step(params, batch, adam_state)
                 train.append(data)
-                loss = reinforce_loss(self.policy, data)
-                if self.inner_optimizer == "adam":
-                    params, adam_state = adam_adapt(
-                        params, loss, lr=self.inner_lr, state=adam_state
-                    )
-                else:  # first-order here: these parameters only choose who acts next
-                    params = adapt(params, loss, lr=self.step_size(detach=True), first_order=True)
+            else:
+                data = self._process(batch)
             t_adapt += time.perf_counter() - start
         return AdaptationData(
             train=train,
@@ -363,17 +371,19 @@ class MAMLInnerLoop:
             time_adaptation=t_adapt,
             explained_variance=train[0].explained_variance if train else data.explained_variance,
             acting_params=acting,
+            infos_per_step=infos_per_step,
+            per_task_infos={key: torch.stack(rows) for key, rows in per_task_infos.items()},
         )
 
     def meta_test(
         self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
-    ) -> torch.Tensor:
-        """Every gradient-based learner's meta-test: the mean return of each task after
-        k = 0..adapt_steps inner steps, ``[adapt_steps + 1, T]``."""
+    ) -> AdaptationCurve:
+        """Every gradient-based learner's meta-test: the mean return (and infos) of each
+        task after k = 0..adapt_steps inner steps, ``[adapt_steps + 1, T]`` each."""
         data = self.collect(
             tasks, episodes_per_task=episodes_per_task, batch_key=batch_key, adapt_steps=adapt_steps
         )
-        return data.per_task_returns
+        return data.curve()
 
     def adapted_actors(
         self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
@@ -436,6 +446,7 @@ def iteration_result(
         scalars=scalars,
         rejected=rejected,
         kl=kl,
+        infos_per_step=data.infos_per_step,
     )
 
 
@@ -480,8 +491,8 @@ class MAML:
 
     def meta_test(
         self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
-    ) -> torch.Tensor:
-        """Mean return of each task after k = 0..adapt_steps steps: ``[adapt_steps + 1, T]``."""
+    ) -> AdaptationCurve:
+        """Each task's returns and infos after k = 0..adapt_steps steps: ``[K + 1, T]``."""
         return self.inner.meta_test(
             tasks, adapt_steps=adapt_steps, episodes_per_task=episodes_per_task, batch_key=batch_key
         )

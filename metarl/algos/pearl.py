@@ -50,7 +50,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from metarl.algos.base import Algorithm, IterationResult
+from metarl.algos.base import AdaptationCurve, Algorithm, IterationResult
 from metarl.algos.pearl_replay import TaskReplay
 from metarl.options import option
 from metarl.policies.tanh_gaussian import TanhGaussianPolicy, TanhGaussianSpec, actor_params
@@ -363,8 +363,8 @@ class PEARL:
     @torch.no_grad()
     def meta_test(
         self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
-    ) -> torch.Tensor:
-        """Mean return of episode k = 1..adapt_steps+1 per task: ``[K + 1, T]``.
+    ) -> AdaptationCurve:
+        """Mean return of episode k = 1..adapt_steps+1 per task: ``[K + 1, T]`` (no infos yet).
 
         Episode 1 runs with z from the prior; episode k + 1 with z from the
         posterior given the task's transitions of episodes 1..k. ``episodes_per_task``
@@ -390,7 +390,7 @@ class PEARL:
             for i, transitions in enumerate(episode_transitions(batch)):
                 tensors = {name: torch.from_numpy(v) for name, v in transitions.items()}
                 contexts[i].append(context_of(tensors))
-        return out.view(k_total, n_tasks, trials).mean(-1)
+        return AdaptationCurve(out.view(k_total, n_tasks, trials).mean(-1))
 
     # -- the SAC + encoder update, batched over the meta-batch's tasks ----------------------
     def _minibatch(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from metarl.algos.base import ActorRun, Algorithm, IterationResult
+from metarl.algos.base import ActorRun, AdaptationCurve, Algorithm, IterationResult
 from metarl.algos.maml import (
     MAMLInnerLoop,
     MAMLOptions,
@@ -129,8 +129,8 @@ class Reptile:
 
     def meta_test(
         self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
-    ) -> torch.Tensor:
-        """Mean return of each task after k = 0..adapt_steps inner steps: ``[K + 1, T]``."""
+    ) -> AdaptationCurve:
+        """Each task's returns and infos after k = 0..adapt_steps inner steps: ``[K + 1, T]``."""
         return self.inner.meta_test(
             tasks, adapt_steps=adapt_steps, episodes_per_task=episodes_per_task, batch_key=batch_key
         )

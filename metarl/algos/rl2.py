@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from metarl.algos.base import ActorRun, Algorithm, IterationResult
+from metarl.algos.base import ActorRun, AdaptationCurve, Algorithm, IterationResult
 from metarl.algos.ppo import PPOOptions, lr_anneal_iterations
 from metarl.optim import ClippedSurrogate, apply_scheduled_lr, clipped_surrogate, past_kl_target
 from metarl.options import ConfigError, option
@@ -32,6 +32,7 @@ from metarl.returns import explained_variance, gae_advantages, normalize_advanta
 
 if TYPE_CHECKING:
     from metarl.config import Config
+    from metarl.sampling.trials import TrialBatch
 
 ENTROPY_CONST = 0.5 * math.log(2.0 * math.pi * math.e)
 
@@ -58,6 +59,14 @@ class RL2Options:
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """Mean over every real step (a scalar)."""
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
+
+
+def trial_curve(batch: TrialBatch) -> AdaptationCurve:
+    """Each task's mean over its trials of episode k = 1..K's return and infos: ``[K, T]``."""
+    return AdaptationCurve(
+        returns=batch.episode_returns.mean(dim=1).T,
+        infos={key: values.mean(dim=1).T for key, values in batch.episode_infos.items()},
+    )
 
 
 class RL2:
@@ -144,6 +153,9 @@ class RL2:
         episode_means = batch.episode_returns.mean(dim=(0, 1))  # [K]
         return IterationResult(
             returns_per_step=[float(r) for r in episode_means],
+            infos_per_step={
+                key: values.mean(dim=(0, 1)).tolist() for key, values in batch.episode_infos.items()
+            },
             env_steps=batch.env_steps,
             times={"sampling": t_sample, "adaptation": 0.0, "update": time.perf_counter() - start},
             scalars=scalars,
@@ -153,8 +165,9 @@ class RL2:
 
     def meta_test(
         self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
-    ) -> torch.Tensor:
-        """Mean return of episode k = 1..adapt_steps+1 of a trial, per task: ``[K, T]``.
+    ) -> AdaptationCurve:
+        """Mean return (and infos) of episode k = 1..adapt_steps+1 of a trial, per task:
+        ``[K, T]`` each.
 
         ``episodes_per_task`` is read as trials per task (each of ``adapt_steps + 1``
         episodes) so the data budget matches MAML's meta-test.
@@ -165,7 +178,7 @@ class RL2:
             episodes=adapt_steps + 1,
             batch_key=batch_key,
         )
-        return batch.episode_returns.mean(dim=1).T  # [K, T]
+        return trial_curve(batch)
 
     def adapted_actors(
         self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple

@@ -34,6 +34,7 @@ class Backend(Protocol):
     n_workers: int  # blocks per call; 0 = one block, run in-process
     obs_dim: int
     act_dim: int
+    info_keys: tuple[str, ...]  # the family's episode_info_keys, as the pool read them
     fast_path: bool
 
     @property

@@ -15,6 +15,8 @@ mask               [T, E, H]    f32  1 on real steps, 0 on padding
 lengths            [T, E]       i64  real steps of each episode (<= H)
 returns            [T, E]       f32  undiscounted sum of the real rewards
 final_observations [T, E, D]    f32  observation after the last real step
+episode_infos      {key: [T, E]} f32 per ``episode_info_keys`` key: its max over the
+                                     episode's steps (``{}`` for a family without keys)
 =================  ================  ===============================================
 
 An episode ends at the first of: the env terminates (``terminated`` is True at
@@ -24,8 +26,9 @@ never auto-reset, so there is no reward-0 step after an end.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 
@@ -55,6 +58,7 @@ class EpisodeBatch:
     returns: torch.Tensor
     tasks: tuple
     final_observations: torch.Tensor | None = None
+    episode_infos: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def env_steps(self) -> int:
@@ -72,3 +76,13 @@ class EpisodeBatch:
     @property
     def horizon(self) -> int:
         return int(self.rewards.shape[2])
+
+
+def split_episode_infos(array: np.ndarray, keys: tuple[str, ...]) -> dict[str, torch.Tensor]:
+    """The sampler's ``episode_infos [T, R, K, n_keys]`` as one ``[T, R, K]`` tensor per key.
+
+    ``keys`` name the last axis in order (the sampler's ``info_keys``); ``{}`` when empty.
+    """
+    if array.shape[-1] != len(keys):
+        raise ValueError(f"episode_infos has {array.shape[-1]} keys, expected {keys!r}")
+    return {key: torch.from_numpy(array[..., q].copy()) for q, key in enumerate(keys)}

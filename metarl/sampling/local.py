@@ -28,6 +28,7 @@ from metarl.sampling.worker import (
     WorkerInit,
     ignore_stop_signals,
     make_pool,
+    pool_info,
     run_request,
     worker_main,
 )
@@ -67,15 +68,12 @@ class LocalBackend:
         self._call_id = 0
         if self.n_workers == 0:
             self._pool = make_pool(init.family, init.horizon, init.env_kwargs, init.fast)
-            info = {
-                "obs_dim": self._pool.obs_dim,
-                "act_dim": self._pool.act_dim,
-                "fast_path": self._pool.uses_fast_path,
-            }
+            info = pool_info(self._pool)
         else:
             info = self._start_workers()
         self.obs_dim: int = info["obs_dim"]
         self.act_dim: int = info["act_dim"]
+        self.info_keys: tuple[str, ...] = tuple(info["info_keys"])
         self.fast_path = bool(info["fast_path"])
 
     @property

@@ -43,7 +43,13 @@ from typing import Any
 from metarl.sampling.backends import Blocks, describe_block, rollout_error
 from metarl.sampling.batch import SamplerError
 from metarl.sampling.rollout import RolloutFailure
-from metarl.sampling.worker import SINGLE_THREAD_ENV, WorkerInit, make_pool, run_request
+from metarl.sampling.worker import (
+    SINGLE_THREAD_ENV,
+    WorkerInit,
+    make_pool,
+    pool_info,
+    run_request,
+)
 
 log = logging.getLogger("metarl.sampling")
 
@@ -69,12 +75,7 @@ class RolloutActor:
         self.pool = make_pool(init.family, init.horizon, init.env_kwargs, init.fast)
 
     def info(self) -> dict:
-        return {
-            "obs_dim": self.pool.obs_dim,
-            "act_dim": self.pool.act_dim,
-            "fast_path": self.pool.uses_fast_path,
-            "pid": os.getpid(),
-        }
+        return pool_info(self.pool)
 
     def run(self, req: Any, params: Any) -> tuple:
         """Collect ``req`` (sent without its parameters) with ``params`` (from the object store).
@@ -169,6 +170,7 @@ class RayBackend:
         self._pids = [info["pid"] for info in infos]
         self.obs_dim: int = infos[0]["obs_dim"]
         self.act_dim: int = infos[0]["act_dim"]
+        self.info_keys: tuple[str, ...] = tuple(infos[0]["info_keys"])
         self.fast_path = bool(infos[0]["fast_path"])
 
     def _start(self, start_timeout: float, cpus: int) -> list[dict]:

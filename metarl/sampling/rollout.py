@@ -30,6 +30,7 @@ import gymnasium
 import numpy as np
 from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
 
+from metarl.envs.base import episode_info_keys
 from metarl.policies.gaussian_mlp import LOG_2PI
 from metarl.seeding import derive_rng, derive_seed
 
@@ -123,7 +124,11 @@ def fast_path_target(env: gymnasium.Env) -> gymnasium.Env | None:
 
 
 class EnvPool:
-    """The env instances of one process, made on demand and reused across calls."""
+    """The env instances of one process, made on demand and reused across calls.
+
+    ``info_keys``: the family's ``episode_info_keys`` (read from the first env made),
+    whose per-episode maximum :func:`collect` reports as ``episode_infos``.
+    """
 
     def __init__(
         self,
@@ -150,6 +155,7 @@ class EnvPool:
         self.high = np.asarray(getattr(space, "high", np.inf), dtype=np.float64).reshape(-1)
         self.action_dtype = getattr(space, "dtype", np.float32)
         self.uses_fast_path = self._steppers[0] is not self.envs[0]
+        self.info_keys: tuple[str, ...] = episode_info_keys(probe)
 
     def get(self, n: int) -> list[gymnasium.Env]:
         """The first ``n`` steppable envs (wrapped or, on the fast path, unwrapped)."""
@@ -216,7 +222,11 @@ def collect(
     ``[Tb, R, L]`` (float32); ``terminated``, ``dones`` ``[Tb, R, L]`` (bool: the env
     terminated / an episode ended at that step); ``lengths [Tb, R]``;
     ``episode_returns [Tb, R, K]`` (float32), ``episode_lengths [Tb, R, K]``;
-    ``final_observations [Tb, R, D]`` (after the trial's last step).
+    ``final_observations [Tb, R, D]`` (after the trial's last step);
+    ``episode_infos [Tb, R, K, n_keys]`` (float32): for each of ``pool.info_keys``, in
+    that order, the maximum over the episode's steps of ``float(info.get(key, 0.0))``
+    (``n_keys`` may be 0). The maximum is kept here, in the worker, so only this
+    array crosses the process boundary, never the per-step ``info`` dicts.
 
     ``should_stop`` is polled every 16 steps (a worker passes "is my parent gone?");
     when it returns True the call is abandoned.
@@ -234,6 +244,7 @@ def collect(
         "episode_returns": np.zeros((tb, r, k), np.float32),
         "episode_lengths": np.zeros((tb, r, k), np.int64),
         "final_observations": np.zeros((tb, r, d), np.float32),
+        "episode_infos": np.zeros((tb, r, k, len(pool.info_keys)), np.float32),
     }
     for t0, t1, r0, r1 in _waves(tb, r, max_envs):
         _collect_wave(pool, actor, req, out, (t0, t1, r0, r1), should_stop)
@@ -301,6 +312,8 @@ def _collect_wave(
     dones = np.zeros((n, length), bool)
     episode_returns = np.zeros((n, k), np.float32)
     episode_lengths = np.zeros((n, k), np.int64)
+    info_keys = pool.info_keys
+    episode_infos = np.zeros((n, k, len(info_keys)), np.float32)
     final = np.zeros((n, d), np.float32)
     obs_out = out["observations"][t0:t1, r0:r1]  # views into the block arrays
     act_out = out["actions"][t0:t1, r0:r1]
@@ -326,7 +339,7 @@ def _collect_wave(
         ended = np.zeros(n, bool)
         for j in idx:
             try:
-                o, r, terminated, truncated, _ = envs[j].step(env_act[j])
+                o, r, terminated, truncated, info = envs[j].step(env_act[j])
             except Exception as exc:  # noqa: BLE001 - reported with the task
                 ti = sub[j][0]
                 where = describe_task(family, req.task_indices[ti], req.tasks[ti], episode_of(j))
@@ -338,6 +351,11 @@ def _collect_wave(
             obs[j] = o
             rew[j] = r
             term[j, t] = bool(terminated)
+            if info_keys:
+                values = info_values(info, info_keys)
+                row = episode_infos[j, episode[j]]  # a view: updated in place
+                # the first step sets the row, so a key whose values are all negative keeps its max
+                row[:] = values if episode_t[j] == 0 else np.maximum(row, values)
             ended[j] = bool(terminated or truncated) or episode_t[j] + 1 == h
         _check_finite(obs, rew, active, sub, req, family, t)
         rew32 = rew.astype(np.float32)
@@ -366,6 +384,18 @@ def _collect_wave(
     out["episode_returns"][block] = episode_returns.reshape(tc, rc, k)
     out["episode_lengths"][block] = episode_lengths.reshape(tc, rc, k)
     out["final_observations"][block] = final.reshape(tc, rc, d)
+    out["episode_infos"][block] = episode_infos.reshape(tc, rc, k, len(info_keys))
+
+
+def info_values(info: Mapping[str, Any], keys: Sequence[str]) -> np.ndarray:
+    """``[n_keys]`` float32: ``float(info.get(key, 0.0))`` for each of ``keys``.
+
+    A step whose ``info`` lacks a key counts as 0.0; ``float`` also reads a bool or a
+    numpy scalar (Meta-World's ``info["success"]`` is a float 0.0 / 1.0). A NaN is
+    kept, and so is the episode's maximum (``np.maximum`` propagates it): a broken
+    metric shows as NaN rather than as a plausible number.
+    """
+    return np.array([float(info.get(key, 0.0)) for key in keys], np.float32)
 
 
 def _check_finite(obs, rew, active, sub, req, family, t) -> None:

@@ -35,7 +35,7 @@ import torch
 
 from metarl.registry import resolve
 from metarl.sampling.backends import Backend, backend_spec, check_backend_options
-from metarl.sampling.batch import EpisodeBatch, SamplerError
+from metarl.sampling.batch import EpisodeBatch, SamplerError, split_episode_infos
 from metarl.sampling.rollout import PolicySpec, RolloutRequest
 from metarl.sampling.trials import TrialBatch, to_trial_batch
 from metarl.sampling.worker import WorkerInit
@@ -58,7 +58,9 @@ class Sampler:
     """Collects :class:`EpisodeBatch` es of a task family; see the module docstring.
 
     Use :func:`make_sampler` to build one. A context manager; :meth:`close`
-    stops the workers (also done at interpreter exit).
+    stops the workers (also done at interpreter exit). ``obs_dim``, ``act_dim`` and
+    ``info_keys`` (the family's ``episode_info_keys``, the keys of every batch's
+    ``episode_infos``) are read from the workers' envs at start-up.
     """
 
     def __init__(
@@ -108,6 +110,8 @@ class Sampler:
         self.n_workers = self._backend.n_workers
         self.obs_dim: int = self._backend.obs_dim
         self.act_dim: int = self._backend.act_dim
+        # the family's episode_info_keys: the keys of every batch's episode_infos
+        self.info_keys: tuple[str, ...] = self._backend.info_keys
         self.fast_path = self._backend.fast_path
         if (spec.obs_dim, spec.act_dim) != (self.obs_dim, self.act_dim):
             self.close()
@@ -146,7 +150,7 @@ class Sampler:
             raise ValueError(f"episodes_per_task must be >= 1, got {episodes_per_task}")
         tasks, batch_key, stacked = self._check_call(tasks, params, batch_key)
         arrays = self._collect(tasks, stacked, episodes_per_task, 1, batch_key, batch_key)
-        return to_episode_batch(arrays, tasks)
+        return to_episode_batch(arrays, tasks, self.info_keys)
 
     def sample_trials(
         self,
@@ -173,7 +177,7 @@ class Sampler:
         arrays = self._collect(
             tasks, stacked, trials_per_task, episodes_per_trial, batch_key, noise_key
         )
-        return to_trial_batch(arrays, tasks)
+        return to_trial_batch(arrays, tasks, self.info_keys)
 
     def _check_call(self, tasks: Sequence, params: Any, batch_key: Any) -> tuple:
         self._check_open()
@@ -323,8 +327,11 @@ def _check_param_names(params: Mapping, spec: PolicySpec, what: str) -> None:
         raise KeyError(f"{what} lack {missing[0]!r}; have {sorted(params)}")
 
 
-def to_episode_batch(arrays: dict[str, np.ndarray], tasks: tuple) -> EpisodeBatch:
-    """The :class:`EpisodeBatch` of :func:`~metarl.sampling.rollout.collect`'s arrays."""
+def to_episode_batch(
+    arrays: dict[str, np.ndarray], tasks: tuple, info_keys: tuple = ()
+) -> EpisodeBatch:
+    """The :class:`EpisodeBatch` of :func:`~metarl.sampling.rollout.collect`'s arrays
+    (``info_keys`` name the last axis of ``arrays["episode_infos"]``)."""
     lengths = torch.from_numpy(arrays["lengths"])
     horizon = arrays["rewards"].shape[2]
     mask = (torch.arange(horizon)[None, None, :] < lengths[:, :, None]).float()
@@ -341,6 +348,11 @@ def to_episode_batch(arrays: dict[str, np.ndarray], tasks: tuple) -> EpisodeBatc
         returns=returns,
         tasks=tasks,
         final_observations=torch.from_numpy(arrays["final_observations"]),
+        # one episode per trial: [T, E, 1, n_keys] -> [T, E] per key
+        episode_infos={
+            key: values[:, :, 0]
+            for key, values in split_episode_infos(arrays["episode_infos"], info_keys).items()
+        },
     )
 
 

@@ -20,10 +20,12 @@ the batch key, so trials never share noise with the episode sampler.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+
+from metarl.sampling.batch import split_episode_infos
 
 
 @dataclass
@@ -43,6 +45,8 @@ class TrialBatch:
     lengths            [T, R]       i64    real steps of the trial
     episode_returns    [T, R, K]    f32    undiscounted return of each episode
     episode_lengths    [T, R, K]    i64    steps of each episode
+    episode_infos      {key: [T, R, K]} f32  per ``episode_info_keys`` key: its max over
+                                           each episode's steps (``{}`` without keys)
     =================  ==================  ============================================
     """
 
@@ -57,14 +61,18 @@ class TrialBatch:
     episode_returns: torch.Tensor
     episode_lengths: torch.Tensor
     tasks: tuple
+    episode_infos: dict[str, torch.Tensor] = field(default_factory=dict)
 
     @property
     def env_steps(self) -> int:
         return int(self.lengths.sum())
 
 
-def to_trial_batch(arrays: dict[str, np.ndarray], tasks: tuple) -> TrialBatch:
-    """The :class:`TrialBatch` of :func:`~metarl.sampling.rollout.collect`'s arrays."""
+def to_trial_batch(
+    arrays: dict[str, np.ndarray], tasks: tuple, info_keys: tuple[str, ...] = ()
+) -> TrialBatch:
+    """The :class:`TrialBatch` of :func:`~metarl.sampling.rollout.collect`'s arrays;
+    ``info_keys`` name the last axis of their ``episode_infos`` (the pool's keys)."""
     lengths = torch.from_numpy(arrays["lengths"])
     steps = arrays["rewards"].shape[2]
     mask = (torch.arange(steps)[None, None, :] < lengths[:, :, None]).float()
@@ -80,4 +88,5 @@ def to_trial_batch(arrays: dict[str, np.ndarray], tasks: tuple) -> TrialBatch:
         episode_returns=torch.from_numpy(arrays["episode_returns"]),
         episode_lengths=torch.from_numpy(arrays["episode_lengths"]),
         tasks=tasks,
+        episode_infos=split_episode_infos(arrays["episode_infos"], info_keys),
     )

@@ -3,8 +3,8 @@
 Protocol over one ``multiprocessing`` pipe, one message per *call*, never per step:
 
 * learner -> worker: ``("sample", call_id, RolloutRequest)`` or ``("close",)``;
-* worker -> learner: ``("ready", info)`` once after start-up (or
-  ``("init_error", message, traceback)``), then per request
+* worker -> learner: ``("ready", info)`` once after start-up (``info`` is
+  :func:`pool_info`; or ``("init_error", message, traceback)``), then per request
   ``("result", call_id, arrays, busy_s)`` or ``("error", call_id, kind, message, traceback)``.
 
 Workers ignore SIGINT and SIGTERM (the learner handles them and closes its workers),
@@ -94,6 +94,18 @@ def make_pool(family: FamilySpec, horizon: int, env_kwargs: dict, fast: bool) ->
     return EnvPool(make, family=family.name, fast=fast)
 
 
+def pool_info(pool: EnvPool) -> dict:
+    """What every backend learns of a pool once, at start-up: the family's sizes and
+    ``info_keys`` (the :class:`~metarl.sampling.Sampler` exposes them), the fast path, the pid."""
+    return {
+        "obs_dim": pool.obs_dim,
+        "act_dim": pool.act_dim,
+        "info_keys": pool.info_keys,
+        "fast_path": pool.uses_fast_path,
+        "pid": os.getpid(),
+    }
+
+
 def worker_main(conn: Any, init: WorkerInit) -> None:
     """Entry point of a worker process: build envs, then serve requests until closed."""
     # A terminal's Ctrl-C and a job manager's SIGTERM reach the whole process group;
@@ -104,13 +116,7 @@ def worker_main(conn: Any, init: WorkerInit) -> None:
     except BaseException as exc:  # noqa: BLE001 - reported to the learner
         _send(conn, ("init_error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return
-    info = {
-        "obs_dim": pool.obs_dim,
-        "act_dim": pool.act_dim,
-        "fast_path": pool.uses_fast_path,
-        "pid": os.getpid(),
-    }
-    if not _send(conn, ("ready", info)):
+    if not _send(conn, ("ready", pool_info(pool))):
         return
     try:
         while True:
