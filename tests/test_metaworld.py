@@ -121,20 +121,8 @@ def test_ml1_tasks_switch_goals_reset_deterministically_and_report_success():
 def test_cli_smoke_run_on_ml1_reach_records_the_reward_version(tmp_path, algo):
     import yaml
 
-    result = run_cli(
-        "metarl.train",
-        "--env",
-        "ml1-reach",
-        "--algo",
-        algo,
-        *TINY_MW,
-        "--logdir",
-        str(tmp_path),
-        "--run-name",
-        "r",
-        cwd=tmp_path,
-        timeout=600,
-    )
+    argv = ["--env", "ml1-reach", "--algo", algo, *TINY_MW, "--logdir", str(tmp_path)]
+    result = run_cli("metarl.train", *argv, "--run-name", "r", cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
     assert config["env_kwargs"]["reward_function_version"] == "v2"
