@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -399,24 +400,27 @@ def test_cli_smoke_run_writes_the_tags_resumes_exactly_and_evaluates(tmp_path, c
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="not yet seen to pass: 40 x 200 gradient steps (3 min on a busy 2-core box) left "
-    "the posterior episodes level with the prior one; the reference trains ~1000 x 500 steps",
-    strict=False,
-)
-def test_pearl_posterior_episodes_beat_the_prior_episode_on_point_nav(tmp_path):
-    """Once the encoder knows the goal, z from the posterior should steer towards it."""
-    args = [
-        "--env", "point-nav", "--algo", "pearl", "--iterations", "40", "--meta-batch-size", "8",
-        "--horizon", "20", "--workers", "0", "--train-pool-size", "16", "--eval-every", "0",
-        "--device", "cpu", "--torch-threads", "1", "--pearl-gradient-steps", "200",
-        "--pearl-reward-scale", "100",
-        "--pearl-meta-batch", "8", "--pearl-batch-size", "128", "--pearl-prior-episodes", "2",
-        "--pearl-extra-posterior-episodes", "2", "--pearl-hidden-sizes", "64", "64",
-        "--logdir", str(tmp_path), "--run-name", "learn",
-    ]  # fmt: skip
+def test_pearl_posterior_episodes_beat_the_prior_episode_on_held_out_point_nav_tasks(tmp_path):
+    """Once the encoder knows the goal, z from the posterior should steer towards it.
+
+    The shipped experiments/pearl_point_nav.yaml cut to 60 iterations (about 3 minutes on
+    a busy 2-core box); its meta-tests on the 10 held-out tasks, 3 trials each, at
+    iterations 40, 50 and 60. Staying at the start scores about -7.6 and a random walk
+    about -9. With the earlier values (reward scale 100) the posterior episodes were level
+    with or below the prior one; with these, seeds 0 and 1 gained 1.5 and 1.8.
+    """
+    config = Path(__file__).parents[1] / "experiments" / "pearl_point_nav.yaml"
+    args = ["--config", str(config), "--iterations", "60", "--eval-every", "10",
+            "--episodes-per-task", "9", "--torch-threads", "1",
+            "--logdir", str(tmp_path), "--run-name", "learn"]  # fmt: skip
     assert train_cli.main(args) == 0
     tags = scalars(tmp_path / "learn")
-    prior = [v for _, v in tags["adapt/return_episode_1"][-5:]]
-    posterior = [v for _, v in tags["adapt/return_episode_4"][-5:]]
-    assert sum(posterior) / 5 > sum(prior) / 5 + 1.0, (prior, posterior)
+
+    def last_three(tag):
+        values = [v for _, v in tags[tag]]
+        assert len(values) == 6, values
+        return float(np.mean(values[-3:]))
+
+    prior = last_three("test/return_episode_1")
+    posterior = (last_three("test/return_episode_2") + last_three("test/return_episode_3")) / 2
+    assert posterior > prior + 1.0, (prior, posterior)
