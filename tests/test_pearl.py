@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,12 +12,15 @@ import torch
 from metarl import evaluate as evaluate_cli
 from metarl import train as train_cli
 from metarl.algos.pearl import (
+    PEARL,
     ContextEncoder,
+    PEARLOptions,
     episode_transitions,
     kl_to_unit_gaussian,
     product_of_gaussians,
     soft_bellman_target,
     soft_value_target,
+    with_task_latent,
 )
 from metarl.algos.pearl_replay import TaskReplay
 from metarl.policies.tanh_gaussian import (
@@ -127,6 +131,161 @@ def test_rollout_loop_sends_the_squashed_action_and_records_the_sample():
     sent = np.tanh(out["actions"][:, :, :-1].astype(np.float64))
     np.testing.assert_allclose(received, sent.astype(np.float32), atol=1e-6)
     assert np.abs(out["actions"]).max() > 0  # the sample is recorded before squashing
+
+
+# -- the task-batched update: each task's z with its own rows, and who trains the encoder ------
+def test_with_task_latent_gives_each_tasks_rows_its_own_z():
+    # row (t, b) carries t in x; z[t] = 10 t + (0, 1): any task-major/batch-major mix-up shows
+    x = torch.arange(3.0).view(3, 1, 1).expand(3, 4, 2)
+    z = torch.tensor([[0.0, 1.0], [10.0, 11.0], [20.0, 21.0]])
+    out = with_task_latent(x, z)
+    assert out.shape == (3, 4, 4)
+    assert torch.equal(out[..., 2:], z[:, None, :].expand(3, 4, 2))
+    assert torch.equal(out[..., :2], x)
+
+
+OBS, ACT, LAT = 2, 2, 3
+
+
+def small_learner(sampler=None, **options) -> PEARL:
+    torch.manual_seed(0)
+    spec = TanhGaussianSpec(OBS, ACT, LAT, (16, 16))
+    opts = PEARLOptions(pearl_latent_dim=LAT, pearl_hidden_sizes=(16, 16),
+                        pearl_encoder_hidden_sizes=(16,), **options)  # fmt: skip
+    return PEARL(TanhGaussianPolicy(spec), sampler, options=opts, discount=0.9, seed=0,
+                 device=torch.device("cpu"))  # fmt: skip
+
+
+def random_rl_batch(t: int, b: int, seed: int = 1) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return {"obs": torch.randn(t, b, OBS, generator=g),
+            "actions": torch.rand(t, b, ACT, generator=g) * 2 - 1,
+            "rewards": torch.randn(t, b, generator=g),
+            "next_obs": torch.randn(t, b, OBS, generator=g),
+            "terminals": torch.zeros(t, b)}  # fmt: skip
+
+
+def encoder_grads(learner: PEARL) -> list[torch.Tensor]:
+    return [torch.zeros_like(p) if p.grad is None else p.grad.clone()
+            for p in learner.encoder.parameters()]  # fmt: skip
+
+
+def test_critic_loss_pairs_each_tasks_context_with_its_own_transitions():
+    """Changing task 0's RL rows moves the gradient on task 0's context and no other's."""
+    learner = small_learner()
+    t, b, c = 3, 5, 4
+    context = torch.randn(t, c, 2 * OBS + ACT + 1, requires_grad=True)
+    noise = torch.randn(t, LAT)
+
+    def context_grad(rl):
+        z, _, _ = learner.task_latent(context, noise)
+        (grad,) = torch.autograd.grad(learner.critic_loss(rl, z), context)
+        return grad
+
+    rl = random_rl_batch(t, b)
+    moved = {k: v.clone() for k, v in rl.items()}
+    moved["rewards"][0] += 3.0
+    moved["obs"][0] += 1.0
+    before, after = context_grad(rl), context_grad(moved)
+    assert not torch.allclose(before[0], after[0])
+    assert torch.equal(before[1:], after[1:])
+
+
+def test_only_the_critic_loss_and_the_kl_train_the_encoder():
+    """The paper: the encoder learns from the Bellman error (+ KL); V, the target and the
+    policy see z detached."""
+    learner = small_learner()
+    t, b = 2, 6
+    context = torch.randn(t, 4, 2 * OBS + ACT + 1)
+    rl = random_rl_batch(t, b)
+    z, mu, var = learner.task_latent(context)
+
+    learner.encoder.zero_grad()
+    learner.critic_loss(rl, z).backward(retain_graph=True)
+    assert any(g.abs().sum() > 0 for g in encoder_grads(learner))
+    assert all(p.grad is None for p in learner.v_target.parameters())  # the target: no graph
+
+    learner.encoder.zero_grad()
+    v_loss, policy_loss, _ = learner.actor_value_losses(rl["obs"], z, torch.tensor(1.0))
+    (v_loss + policy_loss).backward(retain_graph=True)
+    assert all(g.abs().sum() == 0 for g in encoder_grads(learner))
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in learner.policy.parameters())
+
+    learner.encoder.zero_grad()
+    kl_to_unit_gaussian(mu, var).sum().backward()
+    assert any(g.abs().sum() > 0 for g in encoder_grads(learner))
+
+
+def goal_of_context(context: torch.Tensor) -> np.ndarray:
+    """Point-nav: the goal that explains context rows ``[N, (s, a, r, s')]``, by least squares.
+
+    ``r = -|s' - g|`` gives ``r^2 - |s'|^2 = -2 s'.g + |g|^2``: linear in ``(g, |g|^2)``.
+    """
+    c = context.double().numpy()
+    ns, r = c[:, 5:7], c[:, 4]
+    a = np.c_[-2.0 * ns, np.ones(len(r))]
+    sol, *_ = np.linalg.lstsq(a, r**2 - (ns**2).sum(1), rcond=None)
+    return sol[:2]
+
+
+def point_nav_learner(**options):
+    from metarl.envs.point_nav import GoalTask
+
+    from metarl.sampling import make_sampler
+
+    sampler = make_sampler("point-nav", spec=TanhGaussianSpec(OBS, ACT, LAT, (16, 16)), seed=4,
+                           workers=0, horizon=5)  # fmt: skip
+    tasks = [GoalTask(goal=(0.3, -0.2)), GoalTask(goal=(-0.4, 0.1)), GoalTask(goal=(0.1, 0.45))]
+    return small_learner(sampler, **options), tasks, sampler
+
+
+def record_posteriors(learner: PEARL) -> list:
+    calls = []
+    real = learner.posterior_z
+
+    def recording(context, mask=None, generator=None):
+        calls.append((context.clone(), None if mask is None else mask.clone()))
+        return real(context, mask, generator)
+
+    learner.posterior_z = recording
+    return calls
+
+
+def test_collection_fills_the_buffers_on_the_papers_schedule():
+    """Prior (and posterior) episodes go to both buffers, the extra ones to the RL buffer
+    only; the encoder buffer is refreshed; posterior z comes from the same task's context."""
+    learner, tasks, sampler = point_nav_learner(
+        pearl_initial_episodes=2, pearl_prior_episodes=1, pearl_posterior_episodes=1,
+        pearl_extra_posterior_episodes=2, pearl_embedding_batch=16,
+    )  # fmt: skip
+    calls = record_posteriors(learner)
+    with sampler:
+        returns, steps = learner.collect_iteration(tasks, 0)
+        assert len(returns) == 4 and steps == len(tasks) * 6 * 5
+        assert learner.replay.size[learner.replay.slots(tasks)].tolist() == [30, 30, 30]
+        # the initial episodes were dropped by the refresh: the prior and posterior ones stay
+        assert learner.encoder_replay.size[learner.encoder_replay.slots(tasks)].tolist() == [10] * 3
+        assert len(calls) == 3  # the posterior round and both extra rounds
+        for context, mask in calls:
+            assert mask is None and context.shape == (3, 16, 2 * OBS + ACT + 1)
+            for row, task in zip(context, tasks):
+                np.testing.assert_allclose(goal_of_context(row), task.goal, atol=1e-4)
+        learner.collect_iteration(tasks[:1], 1)  # a refreshed task holds only this iteration's
+        assert learner.encoder_replay.size[learner.encoder_replay.slots(tasks)].tolist() == [
+            10, 10, 10]  # fmt: skip
+
+
+def test_meta_test_uses_the_prior_first_then_each_tasks_own_growing_context():
+    learner, tasks, sampler = point_nav_learner()
+    calls = record_posteriors(learner)
+    with sampler:
+        out = learner.meta_test(tasks, adapt_steps=2, episodes_per_task=3, batch_key=("t",))
+    assert out.shape == (3, 3)
+    assert len(calls) == 2  # episode 1 drew from the prior: no posterior
+    for k, (context, mask) in enumerate(calls, start=1):
+        assert mask.sum(1).tolist() == [5.0 * k] * 3  # episodes 1..k of this task
+        for row, m, task in zip(context, mask, tasks):
+            np.testing.assert_allclose(goal_of_context(row[m > 0]), task.goal, atol=1e-4)
 
 
 # -- replay buffers -------------------------------------------------------------------------------
@@ -241,24 +400,27 @@ def test_cli_smoke_run_writes_the_tags_resumes_exactly_and_evaluates(tmp_path, c
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="not yet seen to pass: 40 x 200 gradient steps (3 min on a busy 2-core box) left "
-    "the posterior episodes level with the prior one; the reference trains ~1000 x 500 steps",
-    strict=False,
-)
-def test_pearl_posterior_episodes_beat_the_prior_episode_on_point_nav(tmp_path):
-    """Once the encoder knows the goal, z from the posterior should steer towards it."""
-    args = [
-        "--env", "point-nav", "--algo", "pearl", "--iterations", "40", "--meta-batch-size", "8",
-        "--horizon", "20", "--workers", "0", "--train-pool-size", "16", "--eval-every", "0",
-        "--device", "cpu", "--torch-threads", "1", "--pearl-gradient-steps", "200",
-        "--pearl-reward-scale", "100",
-        "--pearl-meta-batch", "8", "--pearl-batch-size", "128", "--pearl-prior-episodes", "2",
-        "--pearl-extra-posterior-episodes", "2", "--pearl-hidden-sizes", "64", "64",
-        "--logdir", str(tmp_path), "--run-name", "learn",
-    ]  # fmt: skip
+def test_pearl_posterior_episodes_beat_the_prior_episode_on_held_out_point_nav_tasks(tmp_path):
+    """Once the encoder knows the goal, z from the posterior should steer towards it.
+
+    The shipped experiments/pearl_point_nav.yaml cut to 60 iterations (about 3 minutes on
+    a busy 2-core box); its meta-tests on the 10 held-out tasks, 3 trials each, at
+    iterations 40, 50 and 60. Staying at the start scores about -7.6 and a random walk
+    about -9. With the earlier values (reward scale 100) the posterior episodes were level
+    with or below the prior one; with these, seeds 0 and 1 gained 1.5 and 1.8.
+    """
+    config = Path(__file__).parents[1] / "experiments" / "pearl_point_nav.yaml"
+    args = ["--config", str(config), "--iterations", "60", "--eval-every", "10",
+            "--episodes-per-task", "9", "--torch-threads", "1",
+            "--logdir", str(tmp_path), "--run-name", "learn"]  # fmt: skip
     assert train_cli.main(args) == 0
     tags = scalars(tmp_path / "learn")
-    prior = [v for _, v in tags["adapt/return_episode_1"][-5:]]
-    posterior = [v for _, v in tags["adapt/return_episode_4"][-5:]]
-    assert sum(posterior) / 5 > sum(prior) / 5 + 1.0, (prior, posterior)
+
+    def last_three(tag):
+        values = [v for _, v in tags[tag]]
+        assert len(values) == 6, values
+        return float(np.mean(values[-3:]))
+
+    prior = last_three("test/return_episode_1")
+    posterior = (last_three("test/return_episode_2") + last_three("test/return_episode_3")) / 2
+    assert posterior > prior + 1.0, (prior, posterior)

@@ -53,7 +53,12 @@ from torch import nn
 from metarl.algos.base import AdaptationCurve, Algorithm, IterationResult
 from metarl.algos.pearl_replay import TaskReplay
 from metarl.options import option
-from metarl.policies.tanh_gaussian import TanhGaussianPolicy, TanhGaussianSpec, actor_params
+from metarl.policies.tanh_gaussian import (
+    TanhGaussianPolicy,
+    TanhGaussianSample,
+    TanhGaussianSpec,
+    actor_params,
+)
 from metarl.seeding import derive_seed
 
 if TYPE_CHECKING:
@@ -195,6 +200,20 @@ class ContextEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """``[T, N, in]`` (and ``mask [T, N]``) -> posterior mean, variance ``[T, L]``."""
         return product_of_gaussians(*self.factors(context), mask)
+
+
+def per_row(z: torch.Tensor, rows: int) -> torch.Tensor:
+    """Each task's latent repeated over its rows: ``z [T, L] -> [T, rows, L]`` (a view)."""
+    return z.unsqueeze(1).expand(-1, rows, -1)
+
+
+def with_task_latent(x: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+    """Append task t's latent to each of its rows: ``x [T, B, D]``, ``z [T, L] -> [T, B, D + L]``.
+
+    Task-major on both sides (row ``(t, b)`` gets ``z[t]``), never flattened, so a
+    task's transitions cannot meet another task's z.
+    """
+    return torch.cat([x, per_row(z, x.shape[1])], dim=-1)
 
 
 def context_of(fields: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -405,6 +424,54 @@ class PEARL:
         ctx_t = context_of({k: torch.from_numpy(v) for k, v in ctx.items()})
         return rl_t, ctx_t.to(self.device, non_blocking=True)
 
+    def task_latent(
+        self, context: torch.Tensor, noise: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One reparameterised z per task from q(z | context ``[T, C, in]``): z, mu, var ``[T, L]``.
+
+        ``noise`` (standard normals ``[T, L]``) is drawn if None; z keeps its graph to
+        the encoder, so a loss of z trains it (only the critic's does: see the callers).
+        """
+        mu, var = self.encoder.posterior(context)
+        if noise is None:
+            noise = torch.randn_like(mu)
+        return mu + var.sqrt() * noise, mu, var
+
+    def critic_loss(self, rl: dict[str, torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+        """Both Q's mean squared Bellman error on the RL batch ``[T, B]`` given z ``[T, L]``.
+
+        The one loss that reaches the encoder (through ``z``, as the paper). The target
+        ``r * scale + gamma V_target(s', z)`` sees z detached and builds no graph.
+        """
+        with torch.no_grad():
+            next_v = self.v_target(with_task_latent(rl["next_obs"], z.detach())).squeeze(-1)
+            target = soft_bellman_target(rl["rewards"], rl["terminals"], next_v,
+                                         reward_scale=self.o.pearl_reward_scale,
+                                         discount=self.discount)  # fmt: skip
+        q_in = with_task_latent(torch.cat([rl["obs"], rl["actions"]], -1), z)
+        return ((self.q1(q_in).squeeze(-1) - target).pow(2).mean()
+                + (self.q2(q_in).squeeze(-1) - target).pow(2).mean())  # fmt: skip
+
+    def actor_value_losses(
+        self, obs: torch.Tensor, z: torch.Tensor, alpha: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, TanhGaussianSample]:
+        """SAC's V loss and policy loss on ``obs [T, B, D]``; z ``[T, L]`` is detached here.
+
+        Neither loss trains the encoder (the paper: only the critic's Bellman error
+        and the KL do). The policy loss leaves gradients on the Q nets; the critic's
+        next ``zero_grad`` clears them. Returns (V loss, policy loss, the sample).
+        """
+        zd = z.detach()
+        pi = self.policy.rsample(obs, per_row(zd, obs.shape[1]))
+        new_in = with_task_latent(torch.cat([obs, pi.action], -1), zd)
+        min_q = torch.min(self.q1(new_in), self.q2(new_in)).squeeze(-1)
+        v_pred = self.v(with_task_latent(obs, zd)).squeeze(-1)
+        v_loss = (v_pred - soft_value_target(min_q, pi.log_prob, alpha).detach()).pow(2).mean()
+        policy_loss = (alpha * pi.log_prob - min_q).mean() + (
+            POLICY_MEAN_REG * pi.mean.pow(2).mean() + POLICY_STD_REG * pi.log_std.pow(2).mean()
+        )
+        return v_loss, policy_loss, pi
+
     def gradient_step(self, rl: dict[str, torch.Tensor], context: torch.Tensor) -> torch.Tensor:
         """One step of every network on ``T`` tasks at once; returns its statistics ``[7]``.
 
@@ -412,28 +479,12 @@ class PEARL:
         tasks), posterior std (mean), alpha, mean log pi.
         """
         o, opt = self.o, self.optimizers
-        obs, actions = rl["obs"], rl["actions"]
-        b = obs.shape[1]
-        mu, var = self.encoder.posterior(context)  # [T, L]
-        z = mu + var.sqrt() * torch.randn_like(mu)  # reparameterised: Q's gradient reaches it
+        z, mu, var = self.task_latent(context)
         kl = kl_to_unit_gaussian(mu, var).sum()
-        zb = z.unsqueeze(1).expand(-1, b, -1)  # [T, B, L]
-        zd = zb.detach()  # the actor and V see z, but do not train the encoder
         alpha = self.log_alpha.exp().detach()
 
         # critic and encoder: the Bellman error of both Q's, plus the KL
-        with torch.no_grad():
-            next_v = self.v_target(torch.cat([rl["next_obs"], zd], -1)).squeeze(-1)
-            target = soft_bellman_target(
-                rl["rewards"],
-                rl["terminals"],
-                next_v,
-                reward_scale=o.pearl_reward_scale,
-                discount=self.discount,
-            )
-        q_in = torch.cat([obs, actions, zb], -1)
-        q_loss = ((self.q1(q_in).squeeze(-1) - target).pow(2).mean()
-                  + (self.q2(q_in).squeeze(-1) - target).pow(2).mean())  # fmt: skip
+        q_loss = self.critic_loss(rl, z)
         opt["q"].zero_grad()
         opt["encoder"].zero_grad()
         (q_loss + o.pearl_kl_lambda * kl).backward()
@@ -441,19 +492,12 @@ class PEARL:
         opt["encoder"].step()
 
         # actor and V, on the critics just updated (as the reference)
-        pi = self.policy.rsample(obs, zd)
-        new_in = torch.cat([obs, pi.action, zd], -1)
-        min_q = torch.min(self.q1(new_in), self.q2(new_in)).squeeze(-1)
-        v_pred = self.v(torch.cat([obs, zd], -1)).squeeze(-1)
-        v_loss = (v_pred - soft_value_target(min_q, pi.log_prob, alpha).detach()).pow(2).mean()
-        policy_loss = (alpha * pi.log_prob - min_q).mean() + (
-            POLICY_MEAN_REG * pi.mean.pow(2).mean() + POLICY_STD_REG * pi.log_std.pow(2).mean()
-        )
+        v_loss, policy_loss, pi = self.actor_value_losses(rl["obs"], z, alpha)
         opt["v"].zero_grad()
         v_loss.backward()
         opt["v"].step()
         opt["policy"].zero_grad()
-        policy_loss.backward()  # also leaves gradients on Q, cleared by its next zero_grad
+        policy_loss.backward()
         opt["policy"].step()
         if o.pearl_tune_alpha:
             alpha_loss = -(self.log_alpha * (pi.log_prob.detach() + self.target_entropy)).mean()
