@@ -280,7 +280,7 @@ def test_meta_test_uses_the_prior_first_then_each_tasks_own_growing_context():
     calls = record_posteriors(learner)
     with sampler:
         out = learner.meta_test(tasks, adapt_steps=2, episodes_per_task=3, batch_key=("t",))
-    assert out.shape == (3, 3)
+    assert out.returns.shape == (3, 3)
     assert len(calls) == 2  # episode 1 drew from the prior: no posterior
     for k, (context, mask) in enumerate(calls, start=1):
         assert mask.sum(1).tolist() == [5.0 * k] * 3  # episodes 1..k of this task
