@@ -65,6 +65,12 @@ class TaskFamilyMixin(Generic[TaskT]):
       Meta-World's ``info["success"]`` the maximum says whether *any* step of the
       episode succeeded. A step whose ``info`` lacks a key counts as 0.0.
 
+    A sparse family may also define ``dense_training_reward(task, next_obs)``, a
+    static method mapping observations after the move ``[N, obs_dim]`` to a dense
+    reward ``[N]``. Learners that offer it (PEARL's ``pearl_dense_sac_reward``, as
+    in its reference's sparse point robot) train their critic on it while still
+    inferring the task from the real, sparse reward.
+
     A task may carry a string attribute ``group`` (Meta-World's ML10/ML45 tasks:
     their environment's name); the per-episode metrics are then also reported per
     group (``test/success_step_k/<group>``, see :func:`task_groups`).

@@ -236,7 +236,8 @@ class PointNavSparseEnv(TaskFamilyMixin[GoalTask], _PointNavBase):
     * Action: velocity, shape ``(2,)``, clipped elementwise to ``[-0.1, 0.1]``.
     * Reward: ``1.0 if ||pos_{t+1} - goal||_2 <= 0.2 else 0.0``. (PEARL pays
       ``1 - distance`` inside the radius; this family pays a flat 1.)
-      ``info["distance"]`` gives the dense distance for evaluation.
+      ``info["distance"]`` gives the dense distance for evaluation, and
+      :meth:`dense_training_reward` the ``-distance`` a learner may train on.
     * Termination: never; truncation at the horizon, 100 steps by default.
     """
 
@@ -254,6 +255,16 @@ class PointNavSparseEnv(TaskFamilyMixin[GoalTask], _PointNavBase):
 
     def _reward(self, distance_before: float, distance: float) -> float:
         return sparse_reward(distance)
+
+    @staticmethod
+    def dense_training_reward(task: GoalTask, next_obs: np.ndarray) -> np.ndarray:
+        """``-||pos_{t+1} - goal||_2`` for positions ``next_obs [N, 2]`` -> ``[N]`` (float32).
+
+        Not the family's reward: the dense stand-in that PEARL's reference trains
+        SAC on for this task while its encoder reads only the sparse reward.
+        """
+        goal = np.asarray(task.goal, dtype=np.float32)
+        return -np.linalg.norm(np.asarray(next_obs, dtype=np.float32) - goal, axis=-1)
 
 
 class PointNavShapedEnv(TaskFamilyMixin[RewardTask], _PointNavBase):

@@ -11,6 +11,7 @@ import torch
 
 from metarl import evaluate as evaluate_cli
 from metarl import train as train_cli
+from metarl.algos import pearl as pearl_module
 from metarl.algos.pearl import (
     PEARL,
     ContextEncoder,
@@ -286,6 +287,53 @@ def test_meta_test_uses_the_prior_first_then_each_tasks_own_growing_context():
         assert mask.sum(1).tolist() == [5.0 * k] * 3  # episodes 1..k of this task
         for row, m, task in zip(context, mask, tasks):
             np.testing.assert_allclose(goal_of_context(row[m > 0]), task.goal, atol=1e-4)
+
+
+def test_dense_sac_reward_trains_sac_on_the_distance_and_the_encoder_on_the_sparse_reward():
+    """``pearl_dense_sac_reward``: the RL buffer holds the family's ``-distance``, the
+    encoder buffer (and every reported return) the env's own 0/1 reward."""
+    from metarl.envs.point_nav import GOAL_RADIUS, GoalTask
+
+    from metarl.config import build_config
+    from metarl.sampling import make_sampler
+
+    dense = pearl_module.family_dense_reward(build_config({"env": "point-nav-sparse"}))
+    spec = TanhGaussianSpec(OBS, ACT, LAT, (16, 16))
+    sampler = make_sampler("point-nav-sparse", spec=spec, seed=4, workers=0, horizon=12)
+    learner = small_learner(sampler, pearl_initial_episodes=0, pearl_prior_episodes=1,
+                            pearl_posterior_episodes=0,
+                            pearl_extra_posterior_episodes=0)  # fmt: skip
+    learner.dense_reward = dense
+    # goals on the 0.2 radius around the start: some steps end inside it, some outside
+    tasks = [GoalTask(goal=(0.2, 0.0)), GoalTask(goal=(0.0, -0.2))]
+    with sampler:
+        returns, _ = learner.collect_iteration(tasks, 0)
+    for task in tasks:
+        slot = learner.replay.slot(task)
+        n = int(learner.replay.size[slot])
+        next_obs = learner.replay.data["next_obs"][slot, :n]
+        distance = np.linalg.norm(next_obs - np.asarray(task.goal, np.float32), axis=-1)
+        np.testing.assert_allclose(learner.replay.data["rewards"][slot, :n], -distance, atol=1e-6)
+        enc = learner.encoder_replay.slot(task)
+        sparse = (distance <= GOAL_RADIUS).astype(np.float32)
+        assert 0 < sparse.sum() < n  # the test can tell the two rewards apart
+        np.testing.assert_array_equal(learner.encoder_replay.data["rewards"][enc, :n], sparse)
+    assert returns[0] == pytest.approx(
+        np.mean(
+            [
+                learner.encoder_replay.data["rewards"][learner.encoder_replay.slot(t)].sum()
+                for t in tasks
+            ]
+        )  # fmt: skip
+    )
+
+
+def test_dense_sac_reward_on_a_family_without_one_is_one_line_and_exit_2(tmp_path, capsys):
+    args = [*TINY, "--logdir", str(tmp_path), "--run-name", "r", "--pearl-dense-sac-reward"]
+    assert train_cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "pearl_dense_sac_reward" in err and "dense_training_reward" in err
+    assert len(err.strip().splitlines()) == 1
 
 
 # -- replay buffers -------------------------------------------------------------------------------

@@ -20,7 +20,10 @@ the iteration: its encoder buffer is cleared (when prior episodes are
 collected), then ``pearl_prior_episodes`` with z ~ N(0, I) and
 ``pearl_posterior_episodes`` with z ~ q(z | context from the encoder buffer) go
 to both buffers, and ``pearl_extra_posterior_episodes`` (posterior z) to the RL
-buffer only. The sampler runs one episode per task per call (z is per task,
+buffer only. With ``pearl_dense_sac_reward`` the RL buffer stores the family's
+``dense_training_reward`` instead of the env's reward (the reference's sparse
+point robot: SAC learns from the distance, the encoder from the sparse reward).
+The sampler runs one episode per task per call (z is per task,
 stacked ``[T, latent]``; it changes between calls). Then ``pearl_gradient_steps``
 steps, each on a meta-batch of ``pearl_meta_batch`` tasks drawn (with
 replacement, as the reference) from every task with data: all networks
@@ -43,8 +46,9 @@ from __future__ import annotations
 
 import copy
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -52,7 +56,7 @@ from torch import nn
 
 from metarl.algos.base import AdaptationCurve, Algorithm, IterationResult
 from metarl.algos.pearl_replay import TaskReplay
-from metarl.options import option
+from metarl.options import ConfigError, option
 from metarl.policies.tanh_gaussian import (
     TanhGaussianPolicy,
     TanhGaussianSample,
@@ -64,6 +68,9 @@ from metarl.seeding import derive_seed
 if TYPE_CHECKING:
     from metarl.config import Config
     from metarl.sampling.batch import EpisodeBatch
+
+DenseReward = Callable[[Any, np.ndarray], np.ndarray]
+"""``(task, next_obs [N, obs_dim]) -> [N]``: a family's ``dense_training_reward``."""
 
 POLICY_MEAN_REG = 1e-3  # the reference's small penalties on the policy's mean and log-std
 POLICY_STD_REG = 1e-3
@@ -120,6 +127,11 @@ class PEARLOptions:
                                 min=0.0)  # fmt: skip
     pearl_tune_alpha: bool = option(
         False, "PEARL: tune alpha (log alpha by Adam, target entropy -act_dim) [no]"
+    )
+    pearl_dense_sac_reward: bool = option(
+        False,
+        "PEARL: train SAC on the family's dense_training_reward while the encoder reads the "
+        "env's own (sparse) reward [the sparse point robot: yes]",
     )
 
 
@@ -257,10 +269,12 @@ class PEARL:
 
     def __init__(
         self, policy: TanhGaussianPolicy, sampler, *, options: PEARLOptions, discount: float,
-        seed: int, device: torch.device,
+        seed: int, device: torch.device, dense_reward: DenseReward | None = None,
     ) -> None:  # fmt: skip
         spec = policy.spec
         self.policy, self.sampler, self.o, self.device = policy, sampler, options, device
+        # (task, next_obs [N, D]) -> [N]: the RL buffer's reward in place of the env's, or None
+        self.dense_reward = dense_reward
         self.discount = discount
         d, a, lat = spec.obs_dim, spec.act_dim, spec.latent_dim
         hidden = list(options.pearl_hidden_sizes)
@@ -327,9 +341,12 @@ class PEARL:
             tasks, actor_params(self.policy, z), episodes_per_task=1, batch_key=batch_key
         )
         for task, transitions in zip(tasks, episode_transitions(batch)):
-            self.replay.add(task, **transitions)
-            if to_encoder:
+            if to_encoder:  # the encoder always reads the env's own reward
                 self.encoder_replay.add(task, **transitions)
+            if self.dense_reward is not None:
+                rewards = self.dense_reward(task, transitions["next_obs"])
+                transitions = {**transitions, "rewards": np.asarray(rewards, np.float32)}
+            self.replay.add(task, **transitions)
         return batch
 
     def collect_iteration(self, tasks: list, iteration: int) -> tuple[list[float], int]:
@@ -588,10 +605,29 @@ def build_pearl_policy(config: Config, obs_dim: int, act_dim: int) -> TanhGaussi
     return TanhGaussianPolicy(spec)
 
 
+def family_dense_reward(config: Config) -> DenseReward:
+    """``config.env``'s ``dense_training_reward`` (a :class:`ConfigError` if it has none)."""
+    from metarl.registry import make_env  # imports the family's module (and MuJoCo) only here
+
+    env = make_env(config.env, **config.env_kwargs)
+    try:
+        family = env.unwrapped
+        hook = getattr(type(family), "dense_training_reward", None)
+        if not callable(hook):
+            raise ConfigError(
+                f"pearl_dense_sac_reward: {config.env!r} ({type(family).__name__}) defines no "
+                "dense_training_reward(task, next_obs); drop the option or add the method"
+            )
+        return hook
+    finally:
+        env.close()
+
+
 def build_pearl(config: Config, policy: TanhGaussianPolicy, sampler, device: torch.device):
     """PEARL from ``config``'s :class:`PEARLOptions` and its ``discount``."""
+    dense = family_dense_reward(config) if config.pearl_dense_sac_reward else None
     return PEARL(policy, sampler, options=options_of(config), discount=config.discount,
-                 seed=config.seed, device=device)  # fmt: skip
+                 seed=config.seed, device=device, dense_reward=dense)  # fmt: skip
 
 
 ALGORITHM = Algorithm(
