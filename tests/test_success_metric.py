@@ -350,7 +350,14 @@ def event_tags(run_dir: Path) -> set[str]:
     return set(acc.Tags()["scalars"])
 
 
-@pytest.mark.parametrize(("algo", "unit"), [("maml-trpo", "step"), ("rl2", "episode")])
+PEARL_TINY = ["--pearl-hidden-sizes", "8", "--pearl-encoder-hidden-sizes", "8",
+              "--pearl-batch-size", "8", "--pearl-embedding-batch", "8", "--pearl-meta-batch", "2",
+              "--pearl-gradient-steps", "2", "--pearl-initial-episodes", "1"]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("algo", "unit"), [("maml-trpo", "step"), ("rl2", "episode"), ("pearl", "episode")]
+)
 def test_cli_logs_and_evaluates_success(tmp_path, algo, unit):
     family = f"{Path(__file__).stem}:SuccessNavEnv"
     result = run_module(
@@ -360,6 +367,7 @@ def test_cli_logs_and_evaluates_success(tmp_path, algo, unit):
         family,
         "--algo",
         algo,
+        *(PEARL_TINY if algo == "pearl" else []),
         "--logdir",
         str(tmp_path),
         "--run-name",

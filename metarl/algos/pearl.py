@@ -349,8 +349,13 @@ class PEARL:
             self.replay.add(task, **transitions)
         return batch
 
-    def collect_iteration(self, tasks: list, iteration: int) -> tuple[list[float], int]:
-        """The paper's schedule for ``tasks``; returns each round's mean return and env steps."""
+    def collect_iteration(
+        self, tasks: list, iteration: int, infos: dict[str, list[float]] | None = None
+    ) -> tuple[list[float], int]:
+        """The paper's schedule for ``tasks``; returns each round's mean return and env steps.
+
+        ``infos``, if given, gets each round's mean of every episode-info key appended.
+        """
         o, steps, returns = self.o, 0, []
         new = [t for t in tasks if t not in self.replay]
         for e in range(o.pearl_initial_episodes if new else 0):
@@ -372,13 +377,17 @@ class PEARL:
             batch = self._collect(tasks, z, (iteration, "train", k), to_encoder=to_encoder)
             steps += batch.env_steps
             returns.append(float(batch.returns.mean()))
+            for key, values in batch.episode_infos.items():
+                if infos is not None:
+                    infos.setdefault(key, []).append(float(values.mean()))
         return returns, steps
 
     # -- the protocol ------------------------------------------------------------------------
     def train_iteration(self, tasks: list, iteration: int) -> IterationResult:
         start = time.perf_counter()
         tasks = unique_tasks(tasks)
-        returns, env_steps = self.collect_iteration(tasks, iteration)
+        infos: dict[str, list[float]] = {}
+        returns, env_steps = self.collect_iteration(tasks, iteration, infos)
         t_sample = time.perf_counter() - start
         start = time.perf_counter()
         scalars, rejected = self.update(self.o.pearl_gradient_steps)
@@ -394,13 +403,14 @@ class PEARL:
             scalars=scalars,
             rejected=rejected,
             kl=scalars.get("pearl/kl"),
+            infos_per_step=infos,
         )
 
     @torch.no_grad()
     def meta_test(
         self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
     ) -> AdaptationCurve:
-        """Mean return of episode k = 1..adapt_steps+1 per task: ``[K + 1, T]`` (no infos yet).
+        """Mean return (and episode infos) of episode k = 1..adapt_steps+1 per task: ``[K + 1, T]``.
 
         Episode 1 runs with z from the prior; episode k + 1 with z from the
         posterior given the task's transitions of episodes 1..k. ``episodes_per_task``
@@ -412,6 +422,7 @@ class PEARL:
         run = [task for task in tasks for _ in range(trials)]  # task-major, one trial each
         contexts: list[list[torch.Tensor]] = [[] for _ in run]
         out = torch.zeros(k_total, len(run))
+        infos: dict[str, torch.Tensor] = {}  # key -> [K + 1, len(run)]
         # its own generator: a meta-test must not move the training's random stream, or a
         # resumed run (whose first part ended with a meta-test) would differ from a straight one
         gen = torch.Generator().manual_seed(derive_seed(self.seed, "pearl-meta-test", *batch_key))
@@ -423,10 +434,16 @@ class PEARL:
             batch = self.sampler.sample(run, actor_params(self.policy, z), episodes_per_task=1,
                                         batch_key=(*batch_key, "pearl", k))  # fmt: skip
             out[k] = batch.returns[:, 0]
+            for key, values in batch.episode_infos.items():
+                infos.setdefault(key, torch.zeros(k_total, len(run)))[k] = values[:, 0]
             for i, transitions in enumerate(episode_transitions(batch)):
                 tensors = {name: torch.from_numpy(v) for name, v in transitions.items()}
                 contexts[i].append(context_of(tensors))
-        return AdaptationCurve(out.view(k_total, n_tasks, trials).mean(-1))
+
+        def per_task(x: torch.Tensor) -> torch.Tensor:
+            return x.view(k_total, n_tasks, trials).mean(-1)
+
+        return AdaptationCurve(per_task(out), {key: per_task(v) for key, v in infos.items()})
 
     # -- the SAC + encoder update, batched over the meta-batch's tasks ----------------------
     def _minibatch(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
