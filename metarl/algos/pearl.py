@@ -377,8 +377,8 @@ class PEARL:
             batch = self._collect(tasks, z, (iteration, "train", k), to_encoder=to_encoder)
             steps += batch.env_steps
             returns.append(float(batch.returns.mean()))
-            for key, values in batch.episode_infos.items():
-                if infos is not None:
+            if infos is not None:
+                for key, values in batch.episode_infos.items():
                     infos.setdefault(key, []).append(float(values.mean()))
         return returns, steps
 
