@@ -20,7 +20,8 @@ from metarl import registry
 from metarl.checkpoint import CheckpointError
 from metarl.envs.base import FamilyUnavailableError, TaskAPIError
 from metarl.options import ConfigError
-from metarl.sampling import SamplerError
+from metarl.sampling import SamplerError, UnguardedMainError
+from metarl.sampling.worker import exit_if_spawn_bootstrapping
 from metarl.video import VideoError
 
 BAD_INPUT = (
@@ -30,6 +31,7 @@ BAD_INPUT = (
     TaskAPIError,
     FamilyUnavailableError,
     VideoError,
+    UnguardedMainError,  # a script that trains at its top level, without a __main__ guard
 )
 """Errors that mean the user's input is wrong: exit code 2."""
 
@@ -46,6 +48,9 @@ def run_command(command: Callable[[], int], *, debug: bool) -> int:
     from metarl.loop import RunFailure  # the loop imports torch's tensorboard: only when run
     from metarl.run import first_line
 
+    # A rollout worker re-running an unguarded script: exit before printing anything; the
+    # parent says in one line what to do (metarl.sampling.worker.unguarded_main_hint).
+    exit_if_spawn_bootstrapping()
     try:
         return command()
     except BAD_INPUT as exc:
@@ -69,6 +74,7 @@ SUBCOMMANDS = {
     "train": ("metarl.train", "meta-train a policy on a task family"),
     "evaluate": ("metarl.evaluate", "meta-test a run on held-out tasks"),
     "baselines": ("metarl.baselines", "stable-baselines3 PPO baselines on the same tasks"),
+    "plot": ("metarl.plot", "compare runs: curves over seeds with bootstrap bands"),
     "envs": (None, "list the task families"),
 }
 
