@@ -221,7 +221,10 @@ def test_non_finite_env_output_raises_naming_the_task(sampler, field):
         sampler.sample(tasks, policy_params(1)[0], episodes_per_task=2, batch_key=(0,))
     text = str(info.value)
     assert "CountingTask(id=55" in text and "task 1" in text and FAMILY in text
-    assert ("observation" if field == "nan_at" else "reward") in text
+    # "reward" alone is in every such message (its "reward=..." and the task's repr)
+    what = "observation" if field == "nan_at" else "reward"
+    assert f"env returned a non-finite {what} at step 3 [" in text
+    assert ("obs=[nan," if field == "nan_at" else "reward=nan") in text
 
 
 def _gone(pid: int) -> bool:
