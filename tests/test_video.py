@@ -15,12 +15,13 @@ import torch
 
 from metarl import evaluate as evaluate_cli
 from metarl import train as train_cli
-from metarl import video
 from metarl.algos.base import ActorRun
 from metarl.checkpoint import latest_checkpoint, load_checkpoint
-from metarl.config import build_config
+from metarl.configure import build_config
 from metarl.policies.gaussian_mlp import numpy_mean
 from metarl.run import restore_run
+from metarl.video import VideoError, layout, output, playback, render_env
+from metarl.video.text import GLYPH_W, LINE_H, draw_text
 
 imageio = pytest.importorskip("imageio.v2", reason='the video extra: pip install "metarl[video]"')
 pytest.importorskip("imageio_ffmpeg", reason='the video extra: pip install "metarl[video]"')
@@ -72,8 +73,8 @@ def gif_frames(path: Path) -> np.ndarray:
 def expected_size(rows: int, cols: int, cell: tuple[int, int] = CELL) -> tuple[int, int]:
     """The module docstring's geometry, spelt out (every term even here)."""
     h, w = cell
-    height = rows * (video.TITLE_H + video.LABEL_H + h) + (rows + 1) * video.PAD
-    return height, cols * w + (cols + 1) * video.PAD
+    height = rows * (layout.TITLE_H + layout.LABEL_H + h) + (rows + 1) * layout.PAD
+    return height, cols * w + (cols + 1) * layout.PAD
 
 
 def load_run(run_dir: Path):
@@ -103,8 +104,9 @@ def test_video_writes_grid_mp4_gif_per_task_mp4s_sheet_and_tensorboard(run_dir, 
     # The lossless last GIF frame is the sheet; the MP4's (lossy) is close to it.
     np.testing.assert_array_equal(gif[-1], sheet)
     assert np.abs(grid[-1].astype(int) - sheet.astype(int)).mean() < 4.0
-    top, left = video._origin(0, 2, CELL)
-    cell = (slice(top + video.LABEL_H, top + video.LABEL_H + CELL[0]), slice(left, left + CELL[1]))
+    top, left = layout._origin(0, 2, CELL)
+    strip = top + layout.LABEL_H
+    cell = (slice(strip, strip + CELL[0]), slice(left, left + CELL[1]))
     assert not np.array_equal(gif[0][cell], gif[-1][cell])  # the point moved
     assert f"wrote {eval_dir / f'{stem}_video_grid.mp4'}" in out
 
@@ -125,22 +127,23 @@ def test_each_cell_is_labelled_with_its_step_and_mean_action(run_dir):
     assert evaluate(run_dir, "--sheet", "--video-tasks", "1", "--video-steps", "1") == 0
     import imageio.v3 as iio
 
-    sheet = iio.imread(run_dir / "eval" / "test_iter000001_steps1_sheet.png")[..., :3]
+    # the first task only (the run films 2): "n1" in the name
+    sheet = iio.imread(run_dir / "eval" / "test_iter000001_steps1_n1_sheet.png")[..., :3]
 
     def line(column: int, k: int) -> np.ndarray:
-        top, left = video._origin(0, column, CELL)
-        row = top + 1 + k * video.LINE_H
-        return sheet[row : row + video.LINE_H, left + 2 : left + 2 + 12 * video.GLYPH_W]
+        top, left = layout._origin(0, column, CELL)
+        row = top + 1 + k * LINE_H
+        return sheet[row : row + LINE_H, left + 2 : left + 2 + 12 * GLYPH_W]
 
     def drawn(text: str, colour) -> np.ndarray:
-        strip = np.empty((video.LINE_H, 12 * video.GLYPH_W, 3), np.uint8)
-        strip[:] = video.LABEL_BG
-        video.draw_text(strip, text, 0, 0, colour)
+        strip = np.empty((LINE_H, 12 * GLYPH_W, 3), np.uint8)
+        strip[:] = layout.LABEL_BG
+        draw_text(strip, text, 0, 0, colour)
         return strip
 
     for column, label in enumerate(["before", "after 1 step"]):
-        np.testing.assert_array_equal(line(column, 0), drawn(label, video.LABEL_FG))
-        np.testing.assert_array_equal(line(column, 1), drawn("mean action", video.NOTE_FG))
+        np.testing.assert_array_equal(line(column, 0), drawn(label, layout.LABEL_FG))
+        np.testing.assert_array_equal(line(column, 1), drawn("mean action", layout.NOTE_FG))
     assert not np.array_equal(drawn("mean action", 0), drawn("mean actiom", 0))  # text shows
 
 
@@ -156,19 +159,19 @@ def test_rl2_plays_one_trial_per_task(tmp_path):
     run_dir = train(RL2, tmp_path, "rl2")
     assert evaluate(run_dir, "--video", "--video-tasks", "3", "--video-steps", "1") == 0
     eval_dir = run_dir / "eval"
-    grid = mp4_frames(eval_dir / "test_iter000001_steps1_video_grid.mp4")
+    grid = mp4_frames(eval_dir / "test_iter000001_steps1_n3_video_grid.mp4")  # 3 tasks, not 2
     assert grid.shape == (HORIZON + 1, *expected_size(3, 2), 3)
     assert sorted(p.name for p in eval_dir.glob("*_task*.mp4")) == [
-        f"test_iter000001_steps1_video_task{i}.mp4" for i in range(3)
+        f"test_iter000001_steps1_n3_video_task{i}.mp4" for i in range(3)
     ]
     import imageio.v3 as iio
 
-    sheet = iio.imread(eval_dir / "test_iter000001_steps1_sheet.png")[..., :3]
-    top, left = video._origin(0, 1, CELL)
-    label = sheet[top + 1 : top + 1 + video.LINE_H, left + 2 : left + 2 + 9 * video.GLYPH_W]
+    sheet = iio.imread(eval_dir / "test_iter000001_steps1_n3_sheet.png")[..., :3]
+    top, left = layout._origin(0, 1, CELL)
+    label = sheet[top + 1 : top + 1 + LINE_H, left + 2 : left + 2 + 9 * GLYPH_W]
     expected = np.empty_like(label)
-    expected[:] = video.LABEL_BG
-    video.draw_text(expected, "episode 2", 0, 0, video.LABEL_FG)
+    expected[:] = layout.LABEL_BG
+    draw_text(expected, "episode 2", 0, 0, layout.LABEL_FG)
     np.testing.assert_array_equal(label, expected)
 
 
@@ -204,18 +207,18 @@ def test_renders_use_the_mean_action_and_repeat_exactly(maml_run):
         run.learner.policy.log_std.fill_(1.0)  # any sampled noise would show in the path
     try:
         tasks = list(run.pools.test[:2])
-        env = video.open_render_env("point-nav", horizon=HORIZON, env_kwargs={}, cell=CELL,
+        env = render_env.open_render_env("point-nav", horizon=HORIZON, env_kwargs={}, cell=CELL,
                                     probe_task=tasks[0])  # fmt: skip
         films = []
         for seed in (0, 1):
             runs = run.learner.adapted_actors(tasks, adapt_steps=1, episodes_per_task=2,
                                               batch_key=("video-test",))  # fmt: skip
-            films.append(video.shoot(env, tasks, runs, unit="step", horizon=HORIZON, seed=seed,
+            films.append(playback.shoot(env, tasks, runs, unit="step", horizon=HORIZON, seed=seed,
                                      cell=CELL, titles=["a", "b"]))  # fmt: skip
         env.close()
     finally:
         run.sampler.close()
-    first, second = [np.stack(list(video.frames(f, [0, 1]))) for f in films]
+    first, second = [np.stack(list(layout.frames(f, [0, 1]))) for f in films]
     np.testing.assert_array_equal(first, second)
     # The returns are those of stepping the mean itself: pos += clip(mean(pos), -0.1, 0.1).
     actor = runs[1][1].actor
@@ -251,10 +254,10 @@ class RecordingActor:
 def test_a_trial_carries_the_actor_across_its_episodes():
     from metarl.envs.point_nav import GoalTask
 
-    env = video.open_render_env("point-nav", horizon=5, env_kwargs={}, cell=(64, 96),
+    env = render_env.open_render_env("point-nav", horizon=5, env_kwargs={}, cell=(64, 96),
                                 probe_task=GoalTask((0.2, 0.2)))  # fmt: skip
     actor = RecordingActor()
-    film = video.shoot(env, [GoalTask((0.2, 0.2))], [[ActorRun(actor, episodes=3)]],
+    film = playback.shoot(env, [GoalTask((0.2, 0.2))], [[ActorRun(actor, episodes=3)]],
                        unit="episode", horizon=5, seed=0, cell=(64, 96), titles=["t"])  # fmt: skip
     env.close()
     assert actor.starts == 1  # one trial: the state is never reset between its episodes
@@ -296,32 +299,32 @@ def test_point_nav_renders_goal_path_and_point():
 
 
 def test_labels_sizes_and_gif_stride():
-    assert [video.column_label("step", k) for k in range(3)] == [
+    assert [layout.column_label("step", k) for k in range(3)] == [
         "before",
         "after 1 step",
         "after 2 steps",
     ]
-    assert video.column_label("episode", 0) == "episode 1"
-    assert video.parse_size("160x120") == (120, 160) and video.parse_size("96") == (96, 96)
+    assert layout.column_label("episode", 0) == "episode 1"
+    assert layout.parse_size("160x120") == (120, 160) and layout.parse_size("96") == (96, 96)
     with pytest.raises(ValueError):
-        video.parse_size("47x64")
-    assert video.canvas_size(1, 1, (17, 17))[0] % 2 == 0  # padded to even for yuv420p
-    assert [video.gif_stride(n) for n in (13, 100, 101, 201)] == [1, 1, 2, 3]
+        layout.parse_size("47x64")
+    assert layout.canvas_size(1, 1, (17, 17))[0] % 2 == 0  # padded to even for yuv420p
+    assert [output.gif_stride(n) for n in (13, 100, 101, 201)] == [1, 1, 2, 3]
     frame = np.zeros((10, 20, 3), np.uint8)
-    fitted = video.fit_frame(frame, 20, 20)  # 20x20 cell: scaled 1x, centred vertically
+    fitted = layout.fit_frame(frame, 20, 20)  # 20x20 cell: scaled 1x, centred vertically
     assert fitted.shape == (20, 20, 3)
     assert (fitted[5:15] == 0).all() and (fitted[:5] == 255).all() and (fitted[15:] == 255).all()
 
 
 def test_a_long_film_keeps_every_strideth_frame_in_the_gif():
-    cell = (video.MIN_CELL, video.MIN_CELL)  # the smallest: the counter still differs
-    episode = video.Episode(np.zeros((250, *cell, 3), np.uint8), np.zeros(250))  # still
-    film = video.Film(["row"], ["before"], [[episode]], cell, fps=20.0)
+    cell = (layout.MIN_CELL, layout.MIN_CELL)  # the smallest: the counter still differs
+    episode = playback.Episode(np.zeros((250, *cell, 3), np.uint8), np.zeros(250))  # still
+    film = playback.Film(["row"], ["before"], [[episode]], cell, fps=20.0)
     import imageio.v3 as iio
 
-    gif = iio.imread(video.encode_gif(film), index=None)
+    gif = iio.imread(output.encode_gif(film), index=None)
     assert gif.shape[0] == 84  # frames 0, 3, ..., 249
-    assert iio.immeta(video.encode_gif(film))["duration"] == 150  # 3 frames at 20 fps, in ms
+    assert iio.immeta(output.encode_gif(film))["duration"] == 150  # 3 frames at 20 fps, in ms
 
 
 # -- one-line errors -------------------------------------------------------------------
@@ -334,13 +337,14 @@ def test_without_the_extra_one_line_and_exit_2(run_dir, monkeypatch, capsys):
 
 
 def test_a_learner_without_adapted_actors_is_refused(run_dir, monkeypatch, capsys):
-    from metarl.algos.maml import MAML
+    from metarl.algos.gradient_family import GradientLearner
 
-    monkeypatch.delattr(MAML, "adapted_actors")
+    monkeypatch.delattr(GradientLearner, "adapted_actors")
     assert evaluate(run_dir, "--video") == 2
     err = capsys.readouterr().err
-    assert (
-        err == "error: video is not supported for maml-trpo: its learner has no adapted_actors()\n"
+    assert err == (
+        "error: --video/--sheet is not available for maml-trpo: its learner does not provide "
+        "the ShowsAdaptation extension (see metarl/algos/base.py)\n"
     )
 
 
@@ -351,8 +355,8 @@ def test_a_family_that_cannot_render_is_one_line():
     from metarl.registry import register_family
 
     register_family("counting-video", CountingEnv, varies="goal", horizon=5, override=True)
-    with pytest.raises(video.VideoError, match="^counting-video cannot render rgb_array frames: "):
-        video.open_render_env("counting-video", horizon=5, env_kwargs={}, cell=CELL,
+    with pytest.raises(VideoError, match="^counting-video cannot render rgb_array frames: "):
+        render_env.open_render_env("counting-video", horizon=5, env_kwargs={}, cell=CELL,
                               probe_task=CountingTask(0))  # fmt: skip
 
 
@@ -389,9 +393,9 @@ def test_halfcheetah_renders_with_egl(tmp_path):
     if result.returncode == 2 and "needs an OpenGL backend" in result.stderr:
         pytest.skip(f"no OpenGL backend renders here: {result.stderr.strip()}")
     assert result.returncode == 0, result.stderr
-    grid = mp4_frames(run_dir / "eval" / "test_iter000001_steps1_video_grid.mp4")
+    grid = mp4_frames(run_dir / "eval" / "test_iter000001_steps1_px160x120_video_grid.mp4")
     assert grid.shape == (6 + 1, *expected_size(2, 2, cell=(120, 160)), 3)
-    _, left = video._origin(0, 0, (120, 160))
-    top = video.PAD + video.TITLE_H + video.LABEL_H
+    _, left = layout._origin(0, 0, (120, 160))
+    top = layout.PAD + layout.TITLE_H + layout.LABEL_H
     cheetah = grid[-1, top : top + 120, left : left + 160].astype(int)
     assert cheetah.std() > 10  # a rendered scene (floor, body), not a blank cell
