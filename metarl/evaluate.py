@@ -2,7 +2,7 @@
 
 Loads the latest checkpoint of the run (or ``--checkpoint best`` / a path),
 adapts on each task of the run's fixed test pool (or train pool), and writes
-into the run directory:
+into the run directory (file names: :mod:`metarl.eval_output`):
 
 * ``eval/<name>.csv`` and ``eval/<name>.json``: return per adaptation step,
   mean and standard deviation over tasks, plus every task's own returns (the
@@ -11,7 +11,8 @@ into the run directory:
   task: a meta-policy that adapts well to one task and poorly to another shows
   there, not in the overall mean), and the mean of those curves with each
   distinct task weighted equally (a pool of 8 backward and 12 forward draws
-  then reads as the balanced family it samples from);
+  then reads as the balanced family it samples from); the JSON also records the
+  command, the metarl version and every argument;
 * ``eval/<name>.png``: the adaptation curve of every task and their mean;
 * for a family with ``episode_info_keys`` (Meta-World's ``success``), the same for
   each key's per-episode maximum: ``<key>_mean`` and ``<key>_std`` over tasks in the
@@ -23,6 +24,12 @@ into the run directory:
   after each unit of adaptation, and the same in TensorBoard (:mod:`metarl.video`);
   with ``--sheet``, the PNG sheet alone.
 
+An evaluation is never overwritten: its name holds every argument that changes its
+numbers, and when its files exist already the command prints one line naming them
+and exits with code 0 without evaluating (the result asked for is there; ``--force``
+evaluates again and replaces them). A film is checked the same way, on its own.
+Bad flags are one line on stderr and exit code 2, before anything is written.
+
 What a unit of adaptation is comes from the learner (its ``adaptation_unit``):
 for MAML a policy-gradient step, for RL2 an episode of the trial.
 """
@@ -30,38 +37,81 @@ for MAML a policy-gradient step, for RL2 an episode of the trial.
 from __future__ import annotations
 
 import argparse
-import csv
-import dataclasses
-import json
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from metarl.algos.base import AdaptationCurve
-from metarl.checkpoint import latest_checkpoint, load_checkpoint
+from metarl.algos.base import AdaptationCurve, ShowsAdaptation, extension
+from metarl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from metarl.cli import OneLineErrorParser, run_command
-from metarl.config import CONFIG_FIELDS, build_config
+from metarl.config import run_keys
+from metarl.configure import restored_config
 from metarl.envs.base import task_groups
+from metarl.eval_output import (
+    balanced_curve,
+    by_distinct_task,
+    eval_stem,
+    existing,
+    exists_line,
+    format_table,
+    info_columns,
+    metarl_paths,
+    provenance,
+    summarise,
+    task_as_json,
+    write_outputs,
+)
 from metarl.options import ConfigError
 from metarl.sampling.backends import BACKENDS
-from metarl.video import (
-    Film,
-    VideoError,
-    log_film,
-    open_render_env,
-    parse_size,
-    require_extra,
-    shoot,
-    task_label,
-    write_film,
-)
+from metarl.video.film import Film
+from metarl.video.layout import parse_size, task_label
+from metarl.video.output import log_film, write_film
+from metarl.video.playback import shoot
+from metarl.video.render_env import open_render_env, require_extra
+from metarl.video.tasks import check_task_ids, spread_tasks
+
+__all__ = [  # what scripts and tests import from here (the writers live in eval_output)
+    "balanced_curve", "build_parser", "by_distinct_task", "checkpoint_path", "evaluate",
+    "info_columns", "main", "summarise", "task_as_json", "write_outputs",
+]  # fmt: skip
 
 PROG = "python -m metarl.evaluate"
 UNIT_NAMES = {"step": ("adaptation step", "step"), "episode": ("episode", "ep")}
 """A learner's adaptation unit -> its name in the JSON and plot, and the table's column."""
+DEFAULT_SEED = 12345
+DEFAULT_CELL = "128"
+PROTOCOL_DEFAULTS = {"protocol_evals": 10, "protocol_envs": 10, "protocol_eval_episodes": 3}
+"""Meta-World's protocol flags -> their defaults."""
+PROTOCOL_PARTS = {"protocol_evals": "evals", "protocol_envs": "envs",
+                  "protocol_eval_episodes": "evep"}  # fmt: skip
+"""Meta-World's protocol flags -> their part of the file name, when not the default."""
+
+
+# -- flags ----------------------------------------------------------------------------------
+
+
+def at_least(minimum: int) -> Callable[[str], int]:
+    """An argparse type: an int ``>= minimum``; anything else is a one-line usage error."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"{value} is below the minimum {minimum}")
+        return value
+
+    return parse
+
+
+def cell_size(text: str) -> tuple[int, int]:
+    """An argparse type: ``WxH`` or ``N`` pixels -> ``(height, width)`` (:func:`parse_size`)."""
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
@@ -72,35 +122,54 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     )
     parser.add_argument("run_dir", help="a run directory written by metarl.train")
     parser.add_argument(
-        "--checkpoint", default="latest", help="'latest', 'best' or a checkpoint file path"
+        "--checkpoint",
+        default="latest",
+        help="'latest', 'best', a checkpoint file, or the name of one in RUN_DIR/checkpoints",
     )
     parser.add_argument(
-        "--adapt-steps", type=int, default=3, help="adaptation steps (RL2: episodes - 1)"
+        "--adapt-steps", type=at_least(0), default=3, help="adaptation steps (RL2: episodes - 1)"
     )
     parser.add_argument("--tasks", choices=("test", "train"), default="test", help="task pool")
-    parser.add_argument("--n-tasks", type=int, default=0, help="first N tasks of the pool; 0 = all")
     parser.add_argument(
-        "--episodes", type=int, default=0, help="episodes per task per step; 0 = the run's value"
+        "--n-tasks", type=at_least(0), default=0, help="first N tasks of the pool; 0 = all"
     )
-    parser.add_argument("--workers", type=int, default=-1, help="rollout workers (-1 = per core)")
+    parser.add_argument(
+        "--episodes",
+        type=at_least(0),
+        default=0,
+        help="episodes per task per step; 0 = the run's value",
+    )
+    parser.add_argument(
+        "--workers", type=at_least(-1), default=-1, help="rollout workers (-1 = per core)"
+    )
     parser.add_argument(
         "--sampler", choices=tuple(BACKENDS), help="rollout backend; default: the run's"
     )
     parser.add_argument(
         "--ray-address", help="with --sampler ray: the cluster to join; default: the run's"
     )
-    parser.add_argument("--seed", type=int, default=12345, help="seed of the evaluation rollouts")
+    parser.add_argument(
+        "--seed", type=at_least(0), default=DEFAULT_SEED, help="seed of the evaluation rollouts"
+    )
+    parser.add_argument(
+        "--force",
+        action="store_true",
+        help="evaluate again and replace the files of the same evaluation, if written before",
+    )
     protocol = parser.add_argument_group(
         "Meta-World's own protocol (needs metarl[metaworld])",
         "--protocol metaworld scores the run with metaworld.evaluation.metalearning_evaluation",
     )
     protocol.add_argument("--protocol", choices=("metarl", "metaworld"), default="metarl",
                           help="whose meta-test to run")  # fmt: skip
-    protocol.add_argument("--protocol-evals", type=int, default=10,
+    protocol.add_argument("--protocol-evals", type=at_least(1),
+                          default=PROTOCOL_DEFAULTS["protocol_evals"],
                           help="rounds of test tasks (Meta-World's num_evals)")  # fmt: skip
-    protocol.add_argument("--protocol-envs", type=int, default=10,
+    protocol.add_argument("--protocol-envs", type=at_least(1),
+                          default=PROTOCOL_DEFAULTS["protocol_envs"],
                           help="test sub-envs (ML10/ML45: a multiple of 5)")  # fmt: skip
-    protocol.add_argument("--protocol-eval-episodes", type=int, default=3,
+    protocol.add_argument("--protocol-eval-episodes", type=at_least(1),
+                          default=PROTOCOL_DEFAULTS["protocol_eval_episodes"],
                           help="evaluation episodes per class per round")  # fmt: skip
     video = parser.add_argument_group(
         "video", 'watch it adapt (MP4 and GIF need pip install "metarl[video]")'
@@ -116,21 +185,31 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         action="store_true",
         help="only the PNG sheet: every task's last frame per unit of adaptation (no extra needed)",
     )
-    video.add_argument(
+    which = video.add_mutually_exclusive_group()
+    which.add_argument(
         "--video-tasks",
-        type=int,
+        type=at_least(1),
         metavar="N",
-        help="first N tasks of the pool; default: the run's n_probe_tasks",
+        help="N tasks of the pool that span the family (metarl.video.tasks.spread_tasks); "
+        "default: the run's n_probe_tasks",
+    )
+    which.add_argument(
+        "--video-task-ids",
+        type=at_least(0),
+        nargs="+",
+        metavar="I",
+        help="these tasks of the pool (0-based indices, each once), one row each, in this order",
     )
     video.add_argument(
         "--video-steps",
-        type=int,
+        type=at_least(0),
         metavar="K",
         help="adaptation steps (RL2: episodes - 1); default: --adapt-steps",
     )
     video.add_argument(
         "--video-size",
-        default="128",
+        type=cell_size,
+        default=DEFAULT_CELL,
         metavar="WxH",
         help="cell size in pixels, WIDTHxHEIGHT or one number",
     )
@@ -138,226 +217,212 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     return parser
 
 
+def check_flags(args: argparse.Namespace) -> None:
+    """Flags that do nothing in this combination: a ConfigError naming the flag."""
+    filming = args.video or args.sheet
+    film_flags = {
+        "--video-tasks": args.video_tasks,
+        "--video-task-ids": getattr(args, "video_task_ids", None),
+        "--video-steps": args.video_steps,
+    }
+    for flag, given in film_flags.items():
+        if given is not None and not filming:
+            shown = " ".join(map(str, given)) if isinstance(given, list) else given
+            raise ConfigError(f"{flag} {shown} needs --video or --sheet")
+    if args.protocol != "metaworld":
+        return
+    ignored = {
+        "--tasks train": args.tasks != "test",
+        f"--n-tasks {args.n_tasks}": args.n_tasks != 0,
+        "--video": args.video,
+        "--sheet": args.sheet,
+    }
+    for flag, given in ignored.items():
+        if given:
+            raise ConfigError(
+                f"{flag} does not apply to --protocol metaworld "
+                "(it meta-tests on Meta-World's own test envs)"
+            )
+    if args.adapt_steps < 1:
+        raise ConfigError(
+            f"--adapt-steps: {args.adapt_steps} must be >= 1 with --protocol metaworld"
+        )
+
+
 def checkpoint_path(run_dir: Path, which: str) -> Path:
-    if which == "latest":
-        return latest_checkpoint(run_dir)
-    if which == "best":
-        return run_dir / "checkpoints" / "best.pt"
-    return Path(which)
-
-
-def summarise(per_task: torch.Tensor) -> list[dict]:
-    """``[K + 1, T]`` returns -> one row per step: mean and std over tasks."""
-    std = per_task.std(dim=1, unbiased=False)
-    return [
-        {"step": k, "mean": float(per_task[k].mean()), "std": float(std[k])}
-        for k in range(per_task.shape[0])
-    ]
-
-
-def info_columns(
-    infos: Mapping[str, torch.Tensor], groups: Mapping[str, list[int]]
-) -> dict[str, list[float]]:
-    """The per-episode info columns of an evaluation: column name -> ``[K + 1]`` values.
-
-    Per key, in order: ``<key>_mean`` and ``<key>_std`` over every task, then for each
-    group ``<key>_mean/<group>`` and ``<key>_std/<group>`` over its tasks (population std,
-    as :func:`summarise`). Empty for a family without keys.
-
-    Args:
-        infos: key -> ``[K + 1, T]`` (an :class:`~metarl.algos.base.AdaptationCurve`'s).
-        groups: group -> its task indices (:func:`~metarl.envs.base.task_groups`), or ``{}``.
-    """
-    columns: dict[str, list[float]] = {}
-    for key, per_task in infos.items():
-        for suffix, idx in [("", slice(None)), *((f"/{g}", i) for g, i in groups.items())]:
-            values = per_task[:, idx]
-            columns[f"{key}_mean{suffix}"] = values.mean(dim=1).tolist()
-            columns[f"{key}_std{suffix}"] = values.std(dim=1, unbiased=False).tolist()
-    return columns
-
-
-def task_as_json(task: Any) -> dict | str:
-    """A task as JSON: its fields for a dataclass task, a dict as it is, else its repr."""
-    if isinstance(task, dict):  # a plug-in family's task, or one read back from JSON
-        return task
-    return dataclasses.asdict(task) if dataclasses.is_dataclass(task) else repr(task)
-
-
-def by_distinct_task(tasks: list, per_task: torch.Tensor) -> list[dict]:
-    """Mean curve per distinct task, for a pool that repeats tasks; empty if none repeats.
-
-    Args:
-        tasks: the ``T`` tasks meta-tested, in the order of ``per_task``'s columns.
-        per_task: ``[K + 1, T]`` returns.
-    Returns:
-        One ``{"task", "n_tasks", "mean"}`` per distinct task, in order of first
-        appearance; ``mean`` is ``[K + 1]`` floats.
-    """
-    # Grouped by the task's JSON, not the task: a plug-in family's task need not be hashable.
-    columns: dict[str, list[int]] = {}
-    for i, task in enumerate(tasks):
-        key = json.dumps(task_as_json(task), sort_keys=True, default=repr)
-        columns.setdefault(key, []).append(i)
-    if len(columns) == len(tasks):
-        return []
-    return [
-        {
-            "task": task_as_json(tasks[idx[0]]),
-            "n_tasks": len(idx),
-            "mean": per_task[:, idx].mean(dim=1).tolist(),
-        }
-        for idx in columns.values()
-    ]
-
-
-def balanced_curve(groups: list[dict]) -> list[float]:
-    """Mean of the distinct tasks' curves, each weighted equally; empty if there are none.
-
-    Args:
-        groups: ``by_distinct_task``'s output, each ``mean`` ``[K + 1]`` floats.
-    Returns:
-        ``[K + 1]`` floats.
-    """
-    if not groups:
-        return []
-    return torch.tensor([group["mean"] for group in groups]).mean(dim=0).tolist()
-
-
-def format_table(
-    rows: list[dict],
-    *,
-    unit: str,
-    keys: tuple[str, ...] = (),
-    infos: Mapping[str, list[float]] | None = None,
-) -> str:
-    """The printed table: one row per unit of adaptation, the return's mean and std, then
-    for each of ``keys`` its ``<key>_mean`` and ``<key>_std`` from :func:`info_columns`."""
-    header = f"{unit:>6}  {'mean return':>12}  {'std':>9}"
-    lines = [header + "".join(f"  {key:>9}  {'std':>9}" for key in keys)]
-    for k, r in enumerate(rows):
-        line = f"{r['step']:>6}  {r['mean']:>12.2f}  {r['std']:>9.2f}"
-        for key in keys:
-            line += f"  {infos[f'{key}_mean'][k]:>9.2f}  {infos[f'{key}_std'][k]:>9.2f}"
-        lines.append(line)
-    return "\n".join(lines)
-
-
-def plot_curves(ax, per_task: torch.Tensor, mean: list[float], std: list[float], ylabel: str):
-    """Every task's curve (thin) and the mean ± std over tasks on ``ax``.
-
-    Args:
-        per_task: ``[K + 1, T]``. mean, std: ``[K + 1]`` over the tasks.
-    """
-    steps = list(range(per_task.shape[0]))
-    for i in range(per_task.shape[1]):
-        ax.plot(steps, per_task[:, i].tolist(), color="tab:blue", alpha=0.25, linewidth=1)
-    ax.errorbar(steps, mean, yerr=std, color="black", linewidth=2, capsize=4, label="mean ± std")
-    ax.set_ylabel(ylabel)
-    ax.set_xticks(steps)
-
-
-def write_outputs(
-    out_dir: Path,
-    name: str,
-    curve: AdaptationCurve,
-    meta: dict,
-    groups: Mapping[str, list[int]] | None = None,
-) -> list[Path]:
-    """CSV, JSON and PNG of the adaptation curves; returns the paths written.
-
-    ``groups``: the task groups (:func:`~metarl.envs.base.task_groups`), for the infos'
-    per-group columns. Without infos the files are what they were before infos existed.
-    """
-    out_dir.mkdir(parents=True, exist_ok=True)
-    per_task = curve.returns
-    rows = summarise(per_task)
-    infos = info_columns(curve.infos, groups or {})
-    csv_path, json_path, png_path = (out_dir / f"{name}.{ext}" for ext in ("csv", "json", "png"))
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.writer(f)
-        tasks = [f"task_{i}" for i in range(per_task.shape[1])]
-        writer.writerow(["step", "mean", "std", *tasks, *infos])  # last: keyless CSVs unchanged
-        for k, (row, values) in enumerate(zip(rows, per_task.tolist())):
-            extra = [column[k] for column in infos.values()]
-            writer.writerow([row["step"], row["mean"], row["std"], *values, *extra])
-    summary = [
-        {**row, **{name: column[k] for name, column in infos.items()}} for k, row in enumerate(rows)
-    ]
-    report = {**meta, "summary": summary, "per_task": per_task.T.tolist()}
-    if curve.infos:
-        report["per_task_infos"] = {key: v.T.tolist() for key, v in curve.infos.items()}
-        report["groups"] = dict(groups or {})
-    json_path.write_text(json.dumps(report, indent=2, default=repr))  # numpy scalars in tasks
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    n_panels = 1 + len(curve.infos)
-    fig, axes = plt.subplots(1, n_panels, figsize=(6 * n_panels, 4), squeeze=False)
-    ax = axes[0, 0]
-    plot_curves(ax, per_task, [r["mean"] for r in rows], [r["std"] for r in rows], "return")
-    ax.set_xlabel(meta["unit"])
-    ax.set_title(f"{meta['env']} ({meta['algo']}): {per_task.shape[1]} {meta['tasks']} tasks")
-    ax.legend()
-    for ax, (key, values) in zip(axes[0, 1:], curve.infos.items()):
-        mean, std = infos[f"{key}_mean"], infos[f"{key}_std"]
-        plot_curves(ax, values, mean, std, f"{key} (max over each episode)")
-        for group in groups or {}:
-            ax.plot(infos[f"{key}_mean/{group}"], linewidth=1.5, label=group)
-        ax.set_xlabel(meta["unit"])
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(png_path, dpi=100)
-    plt.close(fig)
-    return [csv_path, json_path, png_path]
-
-
-def video_settings(args: argparse.Namespace, config, pool: list) -> tuple[list, int, tuple]:
-    """The tasks, adaptation steps and cell size ``(h, w)`` of ``--video``/``--sheet``."""
-    n_tasks = config.n_probe_tasks if args.video_tasks is None else args.video_tasks
-    steps = args.adapt_steps if args.video_steps is None else args.video_steps
-    if n_tasks < 1 or steps < 0:
-        raise ConfigError("--video-tasks must be >= 1 and --video-steps >= 0")
+    """The checkpoint ``--checkpoint`` names: ``latest``, ``best``, a file, or a file's name
+    in ``run_dir/checkpoints``; a CheckpointError naming the flag if there is none."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise CheckpointError(f"run directory {str(run_dir)!r} is not a directory")
     try:
-        cell = parse_size(args.video_size)
-    except ValueError as exc:
-        raise ConfigError(f"--video-size: {exc}") from exc
-    return list(pool[:n_tasks]), steps, cell
+        if which == "latest":
+            return latest_checkpoint(run_dir)
+        if not run_dir.is_dir():
+            raise CheckpointError(f"run directory {str(run_dir)!r} does not exist")
+        if which == "best":
+            best = run_dir / "checkpoints" / "best.pt"
+            if not best.is_file():
+                raise CheckpointError(
+                    f"--checkpoint best: {str(best)!r} does not exist (the run has not "
+                    "meta-tested yet: eval_every is 0 or larger than its iterations)"
+                )
+            return best
+        for path in (Path(which), run_dir / "checkpoints" / which):
+            if path.is_file():
+                return path
+    except PermissionError as exc:
+        raise CheckpointError(f"run directory {str(run_dir)!r} is unreadable: {exc}") from exc
+    raise CheckpointError(
+        f"--checkpoint: {which!r} is not 'latest', 'best', a checkpoint file or the name of "
+        f"one in {str(run_dir / 'checkpoints')!r}"
+    )
+
+
+def check_counts(args: argparse.Namespace, pool_size: int) -> None:
+    """``--n-tasks`` and ``--video-tasks`` within the pool of ``pool_size`` tasks."""
+    for flag, value in (("--n-tasks", args.n_tasks), ("--video-tasks", args.video_tasks)):
+        if value is not None and value > pool_size:
+            raise ConfigError(
+                f"{flag}: {value} is more than the {pool_size} tasks of the {args.tasks} pool"
+            )
+
+
+# -- the run: the only calls into metarl.configure and metarl.run -----------------------------
+
+
+def eval_config(state: dict, args: argparse.Namespace):
+    """The checkpoint's config with the evaluation's system flags (workers, sampler)."""
+    overrides = {"workers": args.workers, "seed": state["config"]["seed"]}
+    if args.sampler is not None:  # a run trained on a Ray cluster can be evaluated locally
+        overrides["sampler"] = args.sampler
+        overrides |= {key: "" for spec in BACKENDS.values() for key in spec.options
+                      if key in run_keys()}  # fmt: skip
+    if args.ray_address is not None:
+        overrides["ray_address"] = args.ray_address
+    return restored_config(state["config"], overrides)
+
+
+def restore(state: dict, config, run_dir: Path):
+    """The run of ``state`` built from ``config``: pools, sampler (close it), learner."""
+    from metarl.run import restore_run
+
+    return restore_run(state, config, run_dir)
+
+
+def pool_size(config, pool: str) -> int:
+    return config.test_pool_size if pool == "test" else config.train_pool_size
+
+
+# -- names ----------------------------------------------------------------------------------
+
+
+def episodes(args: argparse.Namespace, config) -> int:
+    """Episodes per task per step: ``--episodes``, or the run's."""
+    return args.episodes or config.episodes_per_task
+
+
+def common_variants(args: argparse.Namespace, config) -> list[tuple[str, Any]]:
+    """The name parts every evaluation shares: episodes per step and seed, when not default."""
+    parts: list[tuple[str, Any]] = []
+    if episodes(args, config) != config.episodes_per_task:
+        parts.append(("ep", episodes(args, config)))
+    if args.seed != DEFAULT_SEED:
+        parts.append(("seed", args.seed))
+    return parts
+
+
+def eval_name(args: argparse.Namespace, config, iteration: int) -> str:
+    """The name of this evaluation's files (:mod:`metarl.eval_output`)."""
+    parts: list[tuple[str, Any]] = []
+    if args.protocol == "metarl" and 0 < args.n_tasks < pool_size(config, args.tasks):
+        parts.append(("n", args.n_tasks))
+    parts += common_variants(args, config)
+    if args.protocol == "metaworld":
+        parts += [(PROTOCOL_PARTS[flag], getattr(args, flag)) for flag, default
+                  in PROTOCOL_DEFAULTS.items() if getattr(args, flag) != default]  # fmt: skip
+    return eval_stem(args.tasks, iteration, args.adapt_steps, args.protocol, parts)
+
+
+def film_settings(args: argparse.Namespace, config) -> tuple[int, int]:
+    """How many tasks are filmed and the adaptation steps; ``--video-task-ids`` checked
+    against the pool (each an index of it, none twice)."""
+    if args.video_task_ids is not None:
+        try:
+            ids = check_task_ids(args.video_task_ids, pool_size(config, args.tasks))
+        except ValueError as exc:
+            raise ConfigError(f"--video-task-ids: {exc} of the {args.tasks} pool") from None
+        return len(ids), args.adapt_steps if args.video_steps is None else args.video_steps
+    n_tasks = config.n_probe_tasks if args.video_tasks is None else args.video_tasks
+    n_tasks = min(n_tasks, pool_size(config, args.tasks))
+    if n_tasks < 1:
+        raise ConfigError(f"--video-tasks: the run's n_probe_tasks is {n_tasks}; pass N >= 1")
+    return n_tasks, args.adapt_steps if args.video_steps is None else args.video_steps
+
+
+def film_name(args: argparse.Namespace, config, iteration: int) -> str:
+    """The name of this film's files: the default film's is ``<pool>_iter<N>_steps<K>``."""
+    n_tasks, steps = film_settings(args, config)
+    parts: list[tuple[str, Any]] = []
+    if args.video_task_ids is not None:
+        parts.append(("ids", "-".join(map(str, args.video_task_ids))))
+    elif n_tasks != min(config.n_probe_tasks, pool_size(config, args.tasks)):
+        parts.append(("n", n_tasks))
+    parts += common_variants(args, config)
+    if args.video_size != parse_size(DEFAULT_CELL):
+        height, width = args.video_size
+        parts.append(("px", f"{width}x{height}"))
+    return eval_stem(args.tasks, iteration, steps, None, parts)
+
+
+def film_main_file(args: argparse.Namespace, out_dir: Path, name: str) -> Path:
+    """The file that says a film was written: the grid MP4, or the sheet with ``--sheet``."""
+    return out_dir / (f"{name}_video_grid.mp4" if args.video else f"{name}_sheet.png")
+
+
+# -- video ----------------------------------------------------------------------------------
+
+
+def film_tasks(args: argparse.Namespace, config, pool: list) -> dict[int, Any]:
+    """The filmed tasks, pool index -> task, one row each in this order: ``--video-task-ids``
+    as given, or ``N`` tasks that span the family (:func:`spread_tasks`)."""
+    n_tasks, _ = film_settings(args, config)
+    return {i: pool[i] for i in args.video_task_ids or spread_tasks(pool, n_tasks)}
 
 
 def open_video(args: argparse.Namespace, run, pool: list):
     """Everything a film needs, checked before the evaluation so a bad setup fails fast:
-    the learner's support, the extra (unless ``--sheet`` alone) and a renderer."""
-    if not callable(getattr(run.learner, "adapted_actors", None)):
-        raise VideoError(
-            f"video is not supported for {run.config.algo}: its learner has no adapted_actors()"
-        )
+    the learner's support, the extra (unless ``--sheet`` alone) and a renderer.
+
+    Returns ``(env, tasks, steps)``, ``tasks`` as :func:`film_tasks` gives them.
+    """
+    extension(run.learner, ShowsAdaptation, purpose="--video/--sheet")
     if args.video:
         require_extra()
-    tasks, steps, cell = video_settings(args, run.config, pool)
+    _, steps = film_settings(args, run.config)
+    tasks = film_tasks(args, run.config, pool)
     env = open_render_env(
         run.config.env,
         horizon=run.horizon,
         env_kwargs=run.config.env_kwargs,
-        cell=cell,
-        probe_task=tasks[0],
+        cell=args.video_size,
+        probe_task=next(iter(tasks.values())),
     )
-    return env, tasks, steps, cell
+    return env, tasks, steps
 
 
-def shoot_film(args: argparse.Namespace, run, env, tasks: list, steps: int, cell: tuple) -> Film:
-    """Render ``tasks`` with the learner's adapted policies, adapted as the evaluation adapts
-    (same episodes per task and batch key, so the same episodes for the same tasks)."""
-    runs = run.learner.adapted_actors(
+def shoot_film(args: argparse.Namespace, run, env, chosen: dict, steps: int) -> Film:
+    """Render ``chosen`` (pool index -> task, :func:`film_tasks`) with the learner's adapted
+    policies, adapted as the evaluation adapts (same episodes per task and batch key, so the
+    same episodes for the same tasks); each row's title names the task and its pool index."""
+    tasks = list(chosen.values())
+    runs = extension(run.learner, ShowsAdaptation, purpose="--video").adapted_actors(
         tasks,
         adapt_steps=steps,
-        episodes_per_task=args.episodes or run.config.episodes_per_task,
+        episodes_per_task=episodes(args, run.config),
         batch_key=("evaluate", args.seed),
     )
-    titles = [f"{args.tasks} task {i}: {task_label(task)}" for i, task in enumerate(tasks)]
+    titles = [f"{args.tasks} task {i}: {task_label(task)}" for i, task in chosen.items()]
     return shoot(
         env,
         tasks,
@@ -365,61 +430,113 @@ def shoot_film(args: argparse.Namespace, run, env, tasks: list, steps: int, cell
         unit=run.learner.adaptation_unit,
         horizon=run.horizon,
         seed=args.seed,
-        cell=cell,
+        cell=args.video_size,
         titles=titles,
     )
 
 
-def evaluate(args: argparse.Namespace) -> int:
-    from metarl.run import restore_run
+def write_video(args: argparse.Namespace, run_dir: Path, name: str, film: Film, iteration: int):
+    """The film's files, and with ``--video`` its GIF in TensorBoard; prints what it wrote."""
+    written = write_film(film, run_dir / "eval", name, sheet_only=not args.video)
+    for path in written:
+        print(f"wrote {path}")
+    if args.video:
+        tag = f"video/{args.tasks}_adaptation"
+        gif = next(path for path in written if path.suffix == ".gif")
+        log_film(run_dir, tag, film, gif.read_bytes(), iteration)
+        print(f"wrote TensorBoard images {tag} (animated) and {tag}_final to {run_dir}")
 
+
+# -- the command ----------------------------------------------------------------------------
+
+
+def evaluate(args: argparse.Namespace, flags: list[str] | None = None) -> int:
+    """The command: check, name, skip what exists, evaluate, write. Returns the exit code.
+
+    ``flags``: the arguments parsed into ``args``, for the record (default ``sys.argv[1:]``).
+    """
+    flags = list(sys.argv[1:] if flags is None else flags)
+    check_flags(args)
     run_dir = Path(args.run_dir)
     path = checkpoint_path(run_dir, args.checkpoint)
     state = load_checkpoint(path)
-    overrides = {"workers": args.workers, "seed": state["config"]["seed"]}
-    if args.sampler is not None:  # a run trained on a Ray cluster can be evaluated locally
-        overrides["sampler"] = args.sampler
-        overrides |= {key: "" for spec in BACKENDS.values() for key in spec.options
-                      if key in CONFIG_FIELDS}  # fmt: skip
-    if args.ray_address is not None:
-        overrides["ray_address"] = args.ray_address
-    config = build_config({**state["config"], **overrides})
-    run = restore_run(state, config, run_dir)
+    config = eval_config(state, args)
+    check_counts(args, pool_size(config, args.tasks))
+    iteration = state["iteration"] + 1
+    record = provenance(vars(args), flags)
     if args.protocol == "metaworld":
-        return protocol_evaluation(args, run, path, state["iteration"] + 1)
-    film, render_env = None, None
+        return protocol_evaluation(args, state, config, path, record)
+    eval_paths = metarl_paths(run_dir / "eval", eval_name(args, config, iteration))
+    found = existing(eval_paths)
+    do_eval = args.force or not found
+    if not do_eval:
+        print(exists_line(next((p for p in found if p.suffix == ".json"), found[0])))
+    do_film, film_stem = False, ""
+    if args.video or args.sheet:
+        film_stem = film_name(args, config, iteration)
+        main_file = film_main_file(args, run_dir / "eval", film_stem)
+        do_film = args.force or not main_file.exists()
+        if not do_film:
+            print(exists_line(main_file))
+    if not (do_eval or do_film):
+        return 0
+    run = restore(state, config, run_dir)
+    shot, render_env = None, None
     try:
         pool = run.pools.test if args.tasks == "test" else run.pools.train
+        check_counts(args, len(pool))
         tasks = list(pool[: args.n_tasks] if args.n_tasks else pool)
-        if args.video or args.sheet:
-            render_env, video_tasks, video_steps, cell = open_video(args, run, pool)
-        curve = run.learner.meta_test(
-            tasks,
-            adapt_steps=args.adapt_steps,
-            episodes_per_task=args.episodes or config.episodes_per_task,
-            batch_key=("evaluate", args.seed),
-        )
+        if do_film:
+            render_env, film_tasks, film_steps = open_video(args, run, pool)
+        if do_eval:
+            curve = run.learner.meta_test(
+                tasks,
+                adapt_steps=args.adapt_steps,
+                episodes_per_task=episodes(args, config),
+                batch_key=("evaluate", args.seed),
+            )
         unit, column = UNIT_NAMES[run.learner.adaptation_unit]
         if render_env is not None:
-            film = shoot_film(args, run, render_env, video_tasks, video_steps, cell)
+            shot = shoot_film(args, run, render_env, film_tasks, film_steps)
     finally:
         run.sampler.close()
         if render_env is not None:
             render_env.close()
-    meta = {
-        "run_dir": str(run_dir),
-        "checkpoint": str(path),
-        "iteration": state["iteration"] + 1,
-        "env": config.env,
-        "algo": config.algo,
-        "tasks": args.tasks,
-        "unit": unit,
-    }
-    name = f"{args.tasks}_iter{state['iteration'] + 1:06d}_steps{args.adapt_steps}"
-    print(
-        f"{config.algo} on {config.env}, checkpoint {path} (iteration {meta['iteration']}), "
-        f"{len(tasks)} {args.tasks} tasks"
-    )
+    if do_eval:
+        meta = {
+            "run_dir": str(run_dir),
+            "checkpoint": str(path),
+            "iteration": iteration,
+            "env": config.env,
+            "algo": config.algo,
+            "tasks": args.tasks,
+            "unit": unit,
+        }
+        print(
+            f"{config.algo} on {config.env}, checkpoint {path} (iteration {iteration}), "
+            f"{len(tasks)} {args.tasks} tasks"
+        )
+        groups = report(tasks, curve, column, meta)
+        meta |= {
+            "protocol": "metarl",
+            "adapt_steps": args.adapt_steps,
+            "episodes_per_task": episodes(args, config),
+            "seed": args.seed,
+            **record,
+        }
+        for written in write_outputs(run_dir / "eval", eval_paths[0].stem, curve, meta, groups):
+            print(f"wrote {written}")
+    if shot is not None:
+        write_video(args, run_dir, film_stem, shot, iteration)
+    return 0
+
+
+def report(tasks: list, curve: AdaptationCurve, column: str, meta: dict) -> dict:
+    """Print the evaluation's table (``column``: the unit's header) and the curves of its
+    task groups and distinct tasks, adding those to ``meta`` (the JSON's head).
+
+    Returns the task groups (:func:`~metarl.envs.base.task_groups`) when there are infos.
+    """
     per_task, groups = curve.returns, task_groups(tasks) if curve.infos else {}
     infos = info_columns(curve.infos, groups)
     print(format_table(summarise(per_task), unit=column, keys=tuple(curve.infos), infos=infos))
@@ -436,35 +553,28 @@ def evaluate(args: argparse.Namespace) -> int:
     if meta["balanced_mean"]:
         text = " ".join(f"{value:.2f}" for value in meta["balanced_mean"])
         print(f"  each distinct task weighted equally: {text}")
-    for written in write_outputs(run_dir / "eval", name, curve, meta, groups):
-        print(f"wrote {written}")
-    if film is not None:
-        film_name = f"{args.tasks}_iter{meta['iteration']:06d}_steps{video_steps}"
-        written = write_film(film, run_dir / "eval", film_name, sheet_only=not args.video)
-        for path in written:
-            print(f"wrote {path}")
-        if args.video:
-            tag = f"video/{args.tasks}_adaptation"
-            gif = next(path for path in written if path.suffix == ".gif")
-            log_film(run_dir, tag, film, gif.read_bytes(), meta["iteration"])
-            print(f"wrote TensorBoard images {tag} (animated) and {tag}_final to {run_dir}")
-    return 0
+    return groups
 
 
-def protocol_evaluation(args: argparse.Namespace, run, path: Path, iteration: int) -> int:
+def protocol_evaluation(args: argparse.Namespace, state: dict, config, path: Path,
+                        record: dict) -> int:  # fmt: skip
     """``--protocol metaworld``: Meta-World's meta-test (:mod:`metarl.metaworld_protocol`)."""
     from metarl.metaworld_protocol import evaluate_run
 
-    for flag in ("protocol_evals", "protocol_envs", "protocol_eval_episodes", "adapt_steps"):
-        if getattr(args, flag) < 1:
-            raise ConfigError(f"--{flag.replace('_', '-')} must be >= 1, got {getattr(args, flag)}")
+    run_dir = Path(args.run_dir)
+    iteration = state["iteration"] + 1
+    out = run_dir / "eval" / f"{eval_name(args, config, iteration)}.json"
+    if out.exists() and not args.force:
+        print(exists_line(out))
+        return 0
+    run = restore(state, config, run_dir)
     try:
         evaluate_run(
-            run, checkpoint=str(path), iteration=iteration, out_dir=Path(args.run_dir) / "eval",
+            run, checkpoint=str(path), iteration=iteration, path=out,
             n_envs=args.protocol_envs, tasks_per_env=2, num_evals=args.protocol_evals,
-            adaptation_steps=args.adapt_steps,
-            adaptation_episodes=args.episodes or run.config.episodes_per_task,
+            adaptation_steps=args.adapt_steps, adaptation_episodes=episodes(args, config),
             evaluation_episodes=args.protocol_eval_episodes, seed=args.seed,
+            extra={"protocol": "metaworld", "seed": args.seed, **record},
         )  # fmt: skip
     finally:
         run.sampler.close()
@@ -472,8 +582,9 @@ def protocol_evaluation(args: argparse.Namespace, run, path: Path, iteration: in
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
-    args = build_parser(prog).parse_args(argv)
-    return run_command(lambda: evaluate(args), debug=args.debug)
+    flags = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser(prog).parse_args(flags)
+    return run_command(lambda: evaluate(args, flags), debug=args.debug)
 
 
 if __name__ == "__main__":

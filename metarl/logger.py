@@ -12,14 +12,21 @@ is its own curve in one chart.
 The same scalars go to ``progress.csv`` in the run directory (:class:`CsvLog`),
 one row per step, for those who plot with pandas as from garage or rllab, and,
 opt-in, to Weights & Biases (:class:`WandbLog`, ``--wandb-project``).
+
+A run also logs its resolved config as a Markdown table under the text tag
+``config`` (TensorBoard's *Text* tab) when it starts or resumes, and its
+hyperparameters with its meta-test metrics to the *HParams* tab
+(:meth:`RunLogger.hparams`), in its own event files, so one run is one row there.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import json
 import numbers
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -100,6 +107,52 @@ def info_scalars(infos: Mapping[str, torch.Tensor], unit: str, tasks: Sequence) 
     return scalars
 
 
+HPARAM_METRIC = re.compile(r"test/[^/]+_(step|episode)_\d+")
+"""The tags the HParams tab shows as metrics: a meta-test's mean after each unit of
+adaptation (``test/return_step_k``, ``test/success_episode_k``...), not per group or probe."""
+
+
+def hparam_value(value: Any) -> float | int | str:
+    """A config value as an HParams value: a number as it is, anything else as text (a
+    bool ``True``, a list ``[100, 100]``, a dict as JSON, None ``None``), so every key
+    can be listed and filtered."""
+    if isinstance(value, numbers.Real) and not isinstance(value, bool):
+        return value
+    if isinstance(value, (list, tuple)):
+        return str(list(value))
+    if isinstance(value, dict):
+        return json.dumps(value, sort_keys=True, default=str)
+    return str(value)
+
+
+def run_hparams(
+    config: Mapping[str, Any], last: Mapping[str, float]
+) -> tuple[dict[str, float | int | str], dict[str, float]]:
+    """The HParams record of a run: its hyperparameters and its metrics.
+
+    Args:
+        config: the resolved config, key -> value (``Config.to_dict()``).
+        last: tag -> the last value logged (:meth:`CsvLog.last_values`).
+    Returns:
+        ``(hparams, metrics)``: every config key with :func:`hparam_value` of its value,
+        and each :data:`HPARAM_METRIC` tag of ``last`` with its value, in ``last``'s order.
+    """
+    hparams = {key: hparam_value(value) for key, value in config.items()}
+    metrics = {tag: float(v) for tag, v in last.items() if HPARAM_METRIC.fullmatch(tag)}
+    return hparams, metrics
+
+
+def config_markdown(config: Mapping[str, Any]) -> str:
+    """The config as a Markdown table, one ``| key | `value` |`` row per key (a non-empty
+    string as it is, anything else as JSON), for TensorBoard's *Text* tab."""
+    lines = ["| key | value |", "|---|---|"]
+    for key, value in config.items():
+        text = value if isinstance(value, str) and value else json.dumps(value, default=str)
+        text = text.replace("|", "\\|")
+        lines.append(f"| {key} | `{text}` |")
+    return "\n".join(lines)
+
+
 CSV_NAME = "progress.csv"
 STEP_COLUMN = "iteration"
 
@@ -148,6 +201,13 @@ class CsvLog:
         self._written_steps = set(self.rows)
         if purge_step is not None:
             self._rewrite()  # the purged rows go now, not at the next flush
+
+    def last_values(self) -> dict[str, float]:
+        """Each column's value in the latest row that has one, in column order (no step)."""
+        last: dict[str, float] = {}
+        for step in sorted(self.rows):
+            last.update({tag: float(cell) for tag, cell in self.rows[step].items()})
+        return {tag: last[tag] for tag in self.columns if tag in last and tag != STEP_COLUMN}
 
     def add(self, values: Mapping[str, float], step: int) -> None:
         """Put ``values`` into the row of ``step`` (merged with what it already has)."""
@@ -257,11 +317,13 @@ class RunLogger:
         # no duplicate steps.
         self.writer = SummaryWriter(log_dir=str(run_dir), purge_step=purge_step)
         self.csv = CsvLog(Path(run_dir) / CSV_NAME, purge_step=purge_step)
+        self.last = self.csv.last_values()  # tag -> last value; a resumed run's from the CSV
         self.wandb = wandb
 
     def scalars(self, values: Mapping[str, float], step: int) -> None:
         for tag, value in values.items():
             self.writer.add_scalar(tag, float(value), step)
+            self.last[tag] = float(value)
         self.csv.add(values, step)
         if self.wandb is not None:
             self.wandb.add(values, step)
@@ -286,6 +348,28 @@ class RunLogger:
                 f"probe tasks: one curve per adaptation {unit}": each_step_a_curve,
             }
         )
+
+    def config_text(self, config: Mapping[str, Any], step: int) -> None:
+        """The resolved config as text tag ``config`` at ``step`` (:func:`config_markdown`)."""
+        self.writer.add_text("config", config_markdown(config), step)
+
+    def hparams(self, config: Mapping[str, Any], step: int, *, final: bool = False) -> bool:
+        """Log the run's hyperparameters and metrics (:func:`run_hparams`) to the HParams tab.
+
+        The three summaries of ``torch.utils.tensorboard.summary.hparams`` go into the
+        run's own event file (not a sub-run as ``add_hparams`` makes), so the run is one
+        row; the tab reads each metric's value from the run's scalars. TensorBoard keeps
+        the first record a run wrote, so none is written before a meta-test has logged
+        a metric, unless ``final`` (the run ends without one). Returns whether it wrote.
+        """
+        from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+        values, metrics = run_hparams(config, self.last)
+        if not metrics and not final:
+            return False
+        for summary in hparams_summaries(values, metrics):
+            self.writer.file_writer.add_summary(summary, step)
+        return True
 
     def flush(self) -> None:
         self.writer.flush()

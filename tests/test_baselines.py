@@ -12,7 +12,8 @@ from metarl.envs.base import make_task_pools
 from test_train_cli import scalars
 
 from metarl import baselines
-from metarl.config import build_config, load_yaml
+from metarl.config import load_yaml
+from metarl.configure import build_config
 from metarl.registry import make_env
 from tests.experiment_scripts import load_experiment_script
 
@@ -118,17 +119,56 @@ def test_task_encoder_one_hot_for_string_fields():
             "--n-test-tasks: 50 must be in 0..test_pool_size (20)",
         ),
         (["--kind", "oracle", "--horizon", "-1"], "config key 'horizon'"),
+        ([], "the following arguments are required: --kind"),
+        (["--kind", "oracle", "--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+        (["--kind", "oracle", "--timesteps", "0"], "--timesteps: 0 must be >= 1"),
+        (["--kind", "oracle", "--timesteps", "1e5"], "argument --timesteps: invalid int value"),
+        (["--kind", "pretrain", "--adapt-steps", "-1"], "--adapt-steps: -1 must be >= 0"),
+        (["--kind", "scratch", "--n-test-tasks", "-1"], "--n-test-tasks: -1 must be in 0.."),
+        (["--kind", "oracle", "--learning-rate", "0"], "--learning-rate: 0.0 must be finite"),
+        # inf was a run directory and a traceback from SB3's NaN policy
+        (["--kind", "oracle", "--learning-rate", "inf"], "--learning-rate: inf must be finite"),
+        (["--kind", "oracle", "--learning-rate", "nan"], "--learning-rate: nan must be finite"),
+        (["--kind", "oracle", "--config", "/no/such.yaml"], "'/no/such.yaml' does not exist"),
+        (["--kind", "oracle", "--seed", "-1"], "config key 'seed': -1 is below the minimum 0"),
+        (["--kind", "oracle", "--episodes-per-task", "0"], "config key 'episodes_per_task'"),
+        (["--kind", "oracle", "--test-pool-size", "0"], "config key 'test_pool_size'"),
+        (["--kind", "oracle", "--discount", "2"], "config key 'discount'"),
+        (["--kind", "oracle", "--hidden-sizes", "0"], "config key 'hidden_sizes'"),
+        (["--kind", "oracle", "--activation", "gelu"], "argument --activation: invalid choice"),
+        (["--kind", "oracle", "--torch-threads", "-1"], "config key 'torch_threads'"),
     ],
 )
 def test_bad_input_gives_one_line_and_exit_code_2(tmp_path, capsys, args, message):
-    try:
-        code = baselines.main([*args, "--logdir", str(tmp_path)])
-    except SystemExit as exc:  # argparse errors exit from parse_args
-        code = exc.code
-    err = capsys.readouterr().err
+    code, err = main_in_process([*args, "--logdir", str(tmp_path)], capsys)
     assert code == 2
     assert message in err and len(err.strip().splitlines()) == 1, err
     assert not list(tmp_path.iterdir())  # nothing created
+
+
+def main_in_process(args: list[str], capsys) -> tuple[int, str]:
+    try:
+        code = baselines.main(args)
+    except SystemExit as exc:  # argparse errors exit from parse_args
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def test_a_run_name_that_holds_a_run_or_a_logdir_that_is_a_file_is_refused(tmp_path, capsys):
+    (tmp_path / "runs" / "r").mkdir(parents=True)
+    (tmp_path / "runs" / "r" / "results.json").write_text("{}")
+    (tmp_path / "file").write_text("")
+    before = sorted(tmp_path.rglob("*"))
+    code, err = main_in_process([*TINY, "--kind", "oracle", "--logdir", str(tmp_path / "runs"),
+                                 "--run-name", "r"], capsys)  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"run directory {str(tmp_path / 'runs' / 'r')!r} already holds a run" in err
+    code, err = main_in_process([*TINY, "--kind", "oracle", "--logdir", str(tmp_path / "file"),
+                                 "--run-name", "r"], capsys)  # fmt: skip
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert "config key 'logdir': cannot create the run directory" in err
+    assert "Not a directory" in err
+    assert sorted(tmp_path.rglob("*")) == before
 
 
 @pytest.mark.mujoco

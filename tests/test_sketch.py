@@ -263,7 +263,7 @@ def test_maml_trpo_adapts_to_held_out_characters_in_one_step(tmp_path):
         assert evaluate_cli.main([str(run), "--adapt-steps", "1", "--workers", "0"]) == 0
     finally:
         torch.set_num_threads(threads)  # --torch-threads is process-wide
-    (report,) = (run / "eval").glob("test_*_steps1.json")
+    (report,) = (run / "eval").glob("test_*_steps1_metarl.json")
     result = json.loads(report.read_text())
     assert {task["char"] for task in result["task_params"]} == set(TEST_CHARS)
     before, after = (row["mean"] for row in result["summary"])
