@@ -32,7 +32,8 @@ import time
 from collections import defaultdict
 from pathlib import Path
 
-from metarl.config import build_config, load_yaml
+from metarl.config import load_yaml
+from metarl.configure import build_config
 from metarl.logger import RunLogger
 from metarl.loop import Progress, train_step
 from metarl.run import build_run

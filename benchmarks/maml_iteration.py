@@ -24,7 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from metarl.config import add_config_arguments, build_config, config_overrides, load_yaml
+from metarl.config import load_yaml
+from metarl.configure import add_config_arguments, build_config, config_overrides
 from metarl.run import build_run, iteration_tasks
 
 

@@ -20,6 +20,7 @@ import time
 
 import torch
 
+from metarl.algos.gradient_family import SGDRule
 from metarl.algos.maml import AdaptationData, MAMLInnerLoop, ProcessedBatch
 from metarl.algos.maml_trpo import TRPOUpdate
 from metarl.policies import GaussianMLPPolicy, MLPSpec
@@ -44,7 +45,7 @@ def time_update(args: argparse.Namespace, chunk: int) -> tuple[float, dict]:
     torch.manual_seed(0)
     spec = MLPSpec(OBS, ACT, tuple(args.hidden_sizes), args.activation)
     policy = GaussianMLPPolicy(spec)
-    inner = MAMLInnerLoop(policy, None, inner_steps=1, inner_lr=0.1, first_order=False,
+    inner = MAMLInnerLoop(policy, None, SGDRule(0.1), inner_steps=1, first_order=False,
                           discount=0.99, gae_lambda=1.0, device=torch.device("cpu"))  # fmt: skip
     g = torch.Generator().manual_seed(1)
     steps = args.episodes * HORIZON

@@ -28,7 +28,7 @@ import inspect
 import pickle
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar, runtime_checkable
 
 import numpy as np
 
@@ -118,6 +118,17 @@ class TaskFamilyMixin(Generic[TaskT]):
                 f"before reset() or step(); get tasks with env.unwrapped.sample_tasks(n)."
             )
         return self._task
+
+
+@runtime_checkable
+class HasDenseTrainingReward(Protocol):
+    """A sparse family's optional dense reward for training a critic (see
+    :class:`TaskFamilyMixin`). Who calls it: PEARL with ``pearl_dense_sac_reward``."""
+
+    @staticmethod
+    def dense_training_reward(task: Any, next_obs: np.ndarray) -> np.ndarray:
+        """``[N, obs_dim]`` observations after the move -> ``[N]`` dense rewards."""
+        ...
 
 
 class TaskInfoMixin:

@@ -19,7 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
-from metarl.config import build_config, load_yaml
+from metarl.config import load_yaml
+from metarl.configure import build_config
 from metarl.run import make_config_env
 
 EXPERIMENT = Path(__file__).with_name("maml_trpo_ant_dir.yaml")

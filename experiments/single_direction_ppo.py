@@ -19,7 +19,8 @@ import time
 from pathlib import Path
 
 from metarl.baselines import ProgressLines, Settings, build_parser, evaluate, make_ppo
-from metarl.config import build_config, load_yaml
+from metarl.config import load_yaml
+from metarl.configure import build_config
 from metarl.run import config_horizon, make_config_env
 from metarl.seeding import derive_seed
 

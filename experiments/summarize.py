@@ -36,15 +36,14 @@ import json
 import platform
 import re
 from collections import defaultdict
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import yaml
 
-from metarl.algos.registry import algorithm
-from metarl.config import RUN_GROUPS, build_config
+from metarl.configure import restored_config
 from metarl.evaluate import balanced_curve, by_distinct_task
 
 RETURN_TAG = re.compile(r"^test/return_(step|episode)_(\d+)$")
@@ -53,6 +52,7 @@ RETURN_TAG = re.compile(r"^test/return_(step|episode)_(\d+)$")
 HOW_IT_RAN = {
     "seed", "run_name", "logdir", "workers", "sampler", "ray_address", "device",
     "torch_threads", "checkpoint_every", "keep_checkpoints", "trpo_chunk_tasks",
+    "family",  # where the family's class came from (newer runs record it): env names it
 }  # fmt: skip
 
 
@@ -144,12 +144,8 @@ def experiment_of(config: dict) -> Experiment:
     A key added after a run was made takes its default, which is what that run used;
     keys no part of the run reads (another algorithm's) do not tell experiments apart.
     """
-    resolved = build_config(config).to_dict()
-    groups = [*RUN_GROUPS, *algorithm(resolved["algo"]).option_groups]
-    read = {f.name for group in groups for f in fields(group)}
-    settings = tuple(
-        sorted((k, repr(v)) for k, v in resolved.items() if k in read and k not in HOW_IT_RAN)
-    )
+    resolved = restored_config(config).to_dict()  # only the keys its algorithm reads
+    settings = tuple(sorted((k, repr(v)) for k, v in resolved.items() if k not in HOW_IT_RAN))
     return Experiment(config["env"], config["algo"], settings)
 
 

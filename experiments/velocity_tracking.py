@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from metarl.checkpoint import load_checkpoint
-from metarl.config import build_config
+from metarl.configure import build_config
 from metarl.evaluate import checkpoint_path
 from metarl.run import Run, make_config_env, restore_run
 from metarl.seeding import derive_seed

@@ -61,6 +61,7 @@ import argparse
 import dataclasses
 import io
 import json
+import math
 import sys
 import time
 from collections.abc import Sequence
@@ -77,9 +78,11 @@ from stable_baselines3.common.callbacks import BaseCallback
 
 from metarl import registry
 from metarl.cli import OneLineErrorParser, run_command
-from metarl.config import Config, ConfigError, add_config_arguments, build_config, load_yaml
+from metarl.config import Config, ConfigError, load_yaml
+from metarl.configure import add_config_arguments, build_config
 from metarl.envs.base import task_as_dict
 from metarl.logger import RunLogger, adaptation_scalars, return_tag
+from metarl.policies.gaussian_mlp import MLPPolicyOptions
 from metarl.run import build_task_pools, config_horizon, make_config_env, run_dir_name
 from metarl.seeding import derive_rng, derive_seed
 
@@ -192,7 +195,12 @@ def _batch_size(n_steps: int) -> int:
 
 
 def make_ppo(config: Config, settings: Settings, env: gymnasium.Env, seed: int, n_steps: int):
-    """An SB3 PPO on ``env`` with the run's network, discount and seed, on CPU."""
+    """An SB3 PPO on ``env`` with the run's network, discount and seed, on CPU.
+
+    The network is the config's MLP policy group (the defaults for an algorithm without
+    one, such as RL²)."""
+    reads_mlp = config.reads(MLPPolicyOptions)
+    network = config.group(MLPPolicyOptions) if reads_mlp else MLPPolicyOptions()
     return PPO(
         "MlpPolicy",
         env,
@@ -201,9 +209,9 @@ def make_ppo(config: Config, settings: Settings, env: gymnasium.Env, seed: int, 
         batch_size=_batch_size(n_steps),
         gamma=config.discount,
         policy_kwargs={
-            "net_arch": list(config.hidden_sizes),
-            "activation_fn": ACTIVATIONS[config.activation],
-            "log_std_init": config.init_log_std,
+            "net_arch": list(network.hidden_sizes),
+            "activation_fn": ACTIVATIONS[network.activation],
+            "log_std_init": network.init_log_std,
         },
         seed=seed,
         device="cpu",
@@ -405,7 +413,12 @@ def baseline_settings(args: argparse.Namespace, config: Config) -> Settings:
             0 <= args.n_test_tasks <= config.test_pool_size,
             f"in 0..test_pool_size ({config.test_pool_size})",
         ),
-        ("--learning-rate", args.learning_rate, args.learning_rate > 0, "> 0"),
+        (
+            "--learning-rate",
+            args.learning_rate,
+            math.isfinite(args.learning_rate) and args.learning_rate > 0,
+            "finite and > 0",
+        ),
     ]
     for flag, value, ok, allowed in checks:
         if not ok:
@@ -413,8 +426,12 @@ def baseline_settings(args: argparse.Namespace, config: Config) -> Settings:
     return Settings(args.kind, args.timesteps, adapt_steps, args.n_test_tasks, args.learning_rate)
 
 
-def log_results(run_dir: Path, config: Config, per_task: np.ndarray) -> dict[str, float]:
-    """``test/`` means and the probe tasks' own curves, at step 0 and the last iteration."""
+def log_results(
+    run_dir: Path, config: Config, per_task: np.ndarray, resolved: dict | None = None
+) -> dict[str, float]:
+    """``test/`` means and the probe tasks' own curves, at step 0 and the last iteration;
+    with ``resolved`` (what ``config.yaml`` holds) also the config as text and, with the
+    ``test/`` means as metrics, in the HParams tab (:class:`~metarl.logger.RunLogger`)."""
     scalars = adaptation_scalars(torch.as_tensor(per_task), "step", config.n_probe_tasks)
     n_probe = min(config.n_probe_tasks, per_task.shape[1])
     logger = RunLogger(run_dir)
@@ -422,6 +439,12 @@ def log_results(run_dir: Path, config: Config, per_task: np.ndarray) -> dict[str
         logger.probe_layout(n_probe, per_task.shape[0] - 1, "step")
         for step in sorted({0, config.iterations - 1}):
             logger.scalars(scalars, step)
+        if resolved is not None:
+            logger.config_text(resolved, 0)
+            section = resolved.get("baseline", {})  # one HParams column per baseline setting
+            flat = {k: v for k, v in resolved.items() if k != "baseline"}
+            flat |= {f"baseline.{key}": value for key, value in section.items()}
+            logger.hparams(flat, config.iterations - 1, final=True)
     finally:
         logger.close()
     return scalars
@@ -443,10 +466,23 @@ def run_baseline(config: Config, settings: Settings) -> int:
 
 
 def _run_baseline(config: Config, settings: Settings) -> int:
-    registry.resolve(config.env)  # an unknown name fails before anything is built
+    # an unknown name fails before anything is built; a run's config.yaml brings its family
+    spec = registry.resolve_recorded(config.env, config.family, owner="the config")
+    config.family = registry.family_record(spec)
     run_dir = run_dir_name(config, f"baseline-{settings.kind}")
+    if any((run_dir / name).exists() for name in ("config.yaml", "results.json", "checkpoints")):
+        raise ConfigError(
+            f"config key 'run_name': run directory {str(run_dir)!r} already holds a run; "
+            "choose another name"
+        )
     baseline = Baseline(config, settings)  # bad env_kwargs fail here, before the directory
-    run_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"config key 'logdir': cannot create the run directory {str(run_dir)!r}: "
+            f"{exc.strerror or exc}"
+        ) from exc
     resolved = {
         **config.to_dict(),
         "baseline": {
@@ -468,7 +504,7 @@ def _run_baseline(config: Config, settings: Settings) -> int:
     )
     start = time.perf_counter()
     per_task = baseline.run()
-    scalars = log_results(run_dir, config, per_task)
+    scalars = log_results(run_dir, config, per_task, resolved)
     (run_dir / "results.json").write_text(
         json.dumps(
             {

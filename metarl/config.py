@@ -1,48 +1,57 @@
-"""Typed run configuration: defaults < YAML file < command line, validated with clear errors.
+"""The run's own config keys and the :class:`Config` a run is built from.
 
-:class:`Config` is one flat dataclass composed of key groups (dataclasses of
-:func:`~metarl.options.option` fields): the run's own groups below, then every
-registered algorithm's groups, which each algorithm declares in its own module
-(:mod:`metarl.algos.registry`). So a key is documented, checked and overridable
-in one place, flag names stay flat (``--max-kl``), and ``--help`` lists the
-flags group by group, each algorithm's under its name. The resolved config is
-saved as ``config.yaml`` in the run directory.
+A run's config is the run-level keys below (what to train, the data per iteration,
+evaluation, system) plus the option groups of the chosen algorithm (each declared in
+the algorithm's own module, see :mod:`metarl.options`), held in :attr:`Config.groups`.
+:mod:`metarl.configure` composes it from defaults, a YAML file and the command line;
+this module knows no algorithm, so importing it imports none. The resolved config is
+saved as ``config.yaml`` in the run directory, with only the run's keys.
 """
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
 
-from metarl.algos.registry import ALGORITHMS, algorithm, option_groups
-from metarl.options import ConfigError, option
-from metarl.policies.gaussian_mlp import WEIGHT_INITS
+from metarl.options import ConfigError, check_fields, group_values, option
 from metarl.sampling.backends import BACKENDS
 
-__all__ = ["ALGOS", "Config", "ConfigError", "DEVICES", "SAMPLERS", "build_config", "load_yaml"]
+__all__ = ["Config", "ConfigError", "DEVICES", "SAMPLERS", "load_yaml", "save_config"]
 
-ALGOS = tuple(ALGORITHMS)
 DEVICES = ("auto", "cpu", "cuda")
 SAMPLERS = tuple(BACKENDS)
+Group = TypeVar("Group")
 
 
 @dataclass
 class RunKeys:
     """what to train"""
 
-    env: str = option("halfcheetah-vel", "task family: short name, gymnasium id or module:Class")
-    algo: str = option("maml-trpo", "meta-learner", choices=ALGOS)
+    env: str = option(
+        "halfcheetah-vel", "task family: short name, gymnasium id or module:Class", identity=True
+    )
+    algo: str = option("maml-trpo", "meta-learner (see --help for the list)", identity=True)
     seed: int = option(
-        0, "run seed; every other seed (tasks, workers, noise) derives from it", min=0
+        0,
+        "run seed; every other seed (tasks, workers, noise) derives from it",
+        min=0,
+        identity=True,
     )
     iterations: int = option(500, "meta-iterations to train", min=1)
-    env_kwargs: dict = option({}, "keyword arguments for the family's constructor (YAML only)")
+    env_kwargs: dict = option(
+        {}, "keyword arguments for the family's constructor (YAML only)", identity=True
+    )
+    family: dict = option(
+        {},
+        "recorded when the run starts, not set by hand: where the family came from "
+        "({entry_point: module:Class, varies, horizon}), so that evaluate, --resume and "
+        "baselines register it from the run alone",
+    )
     discount: float = option(0.99, "discount factor gamma", min=0.0, max=1.0)
 
 
@@ -55,22 +64,6 @@ class DataKeys:
     horizon: int = option(0, "episode length in steps; 0 = the family's default", min=0)
     train_pool_size: int = option(1000, "size of the fixed, seeded pool of training tasks", min=1)
     test_pool_size: int = option(20, "size of the fixed, seeded pool of held-out test tasks", min=1)
-
-
-@dataclass
-class PolicyKeys:
-    """policy"""
-
-    hidden_sizes: tuple = option((100, 100), "hidden layer sizes of the policy MLP")
-    activation: str = option("relu", "hidden activation", choices=("relu", "tanh"))
-    init_log_std: float = option(0.0, "initial log standard deviation of the Gaussian policy")
-    weight_init: str = option(
-        "torch",
-        "initial weights of the MLP policy's linear layers: 'torch' = torch's default "
-        "(uniform within 1/sqrt(fan_in), weights and biases); 'xavier' = Xavier-uniform "
-        "weights and zero biases (as learn2learn and pytorch-maml-rl); MAML only",
-        choices=WEIGHT_INITS,
-    )
 
 
 @dataclass
@@ -118,129 +111,75 @@ class SystemKeys:
     )
 
 
-RUN_GROUPS = (RunKeys, DataKeys, PolicyKeys, EvaluationKeys, SystemKeys)
+RUN_GROUPS = (RunKeys, DataKeys, EvaluationKeys, SystemKeys)
+"""The run-level key groups, in ``--help`` order; every run has these keys."""
 
 
-def key_groups() -> list[tuple[str, type]]:
-    """Every key group of :class:`Config` with its ``--help`` title, in flag order."""
-    titled = [(_title(group), group) for group in RUN_GROUPS]
-    for group, algos in option_groups().items():
-        titled.append((f"{_title(group)} ({', '.join(algos)})", group))
-    return titled
-
-
-def _title(group: type) -> str:
+def group_title(group: type) -> str:
     """A group's ``--help`` title: its docstring's first line, up to a colon."""
     return (group.__doc__ or group.__name__).strip().splitlines()[0].split(":")[0].rstrip(".")
 
 
 def _compose_config() -> type:
-    """The flat Config dataclass: every key of every group, each once."""
+    """The Config dataclass: every run-level key as a field, then ``groups``."""
     fields: list[tuple[str, Any, dataclasses.Field]] = []
-    owner: dict[str, str] = {}
-    for _, group in key_groups():
+    for group in RUN_GROUPS:
         hints = typing.get_type_hints(group)
         for f in dataclasses.fields(group):
-            if f.name in owner:
-                raise RuntimeError(
-                    f"config key {f.name!r} is declared by both {owner[f.name]} and "
-                    f"{group.__qualname__}; give one of them another name"
-                )
-            owner[f.name] = group.__qualname__
             copy = dataclasses.field(default=f.default, default_factory=f.default_factory,
                                      metadata=f.metadata)  # fmt: skip
             fields.append((f.name, hints[f.name], copy))
+    fields.append(("groups", dict, dataclasses.field(default_factory=dict)))
 
     def __post_init__(self) -> None:
-        validate(self)
+        validate_run_keys(self)
+
+    def group(self, cls: type[Group]) -> Group:
+        """The run's instance of the option group ``cls``; a ConfigError if the run's
+        algorithm does not read that group."""
+        try:
+            return self.groups[cls]
+        except KeyError:
+            raise ConfigError(
+                f"{self.algo} does not read the option group {cls.__name__}"
+            ) from None
+
+    def reads(self, cls: type) -> bool:
+        """Whether the run's algorithm reads the option group ``cls``."""
+        return cls in self.groups
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain YAML values: tuples (``hidden_sizes``, ...) as lists."""
-        out = dataclasses.asdict(self)
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+        """The run's keys as plain YAML values: the run-level keys, then each group's."""
+        out = {name: getattr(self, name) for name in run_keys()}
+        out = {k: list(v) if isinstance(v, tuple) else v for k, v in out.items()}
+        for instance in self.groups.values():
+            out.update(group_values(instance))
+        return out
 
     namespace = {
         "__module__": __name__,
-        "__doc__": "Everything that defines a run (see the module docstring). "
-        "Defaults are the MAML paper's locomotion settings.",
+        "__doc__": "Everything that defines a run: the run-level keys as attributes, and the "
+        "algorithm's option groups by class in ``groups`` (read them with :meth:`group`).",
         "__post_init__": __post_init__,
+        "group": group,
+        "reads": reads,
         "to_dict": to_dict,
     }
     return dataclasses.make_dataclass("Config", fields, namespace=namespace)
 
 
+def run_keys() -> list[str]:
+    """Every run-level key, in ``--help`` order."""
+    return [f.name for group in RUN_GROUPS for f in dataclasses.fields(group)]
+
+
 Config = _compose_config()
-CONFIG_FIELDS = {f.name: f for f in dataclasses.fields(Config)}
 
 
-def _field_types() -> dict[str, Any]:
-    return typing.get_type_hints(Config)
-
-
-def _coerce(name: str, value: Any, annotation: Any) -> Any:
-    """Convert a YAML/CLI value to the field's type, or raise ConfigError naming the key."""
-    origin = annotation if isinstance(annotation, type) else typing.get_origin(annotation)
-    try:
-        if annotation is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in ("true", "1", "yes", "false", "0", "no"):
-                return value.lower() in ("true", "1", "yes")
-            raise TypeError
-        if annotation is int:
-            if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-                raise TypeError
-            return int(value)
-        if annotation is float:
-            if isinstance(value, bool):
-                raise TypeError
-            return float(value)
-        if annotation is str:
-            if not isinstance(value, (str, int, float)):
-                raise TypeError
-            return str(value)
-        if origin is tuple:
-            if isinstance(value, str):
-                value = [v for v in value.replace(",", " ").split() if v]
-            if not isinstance(value, (list, tuple)):
-                raise TypeError
-            return tuple(_coerce(name, v, int) for v in value)
-        if origin is dict:
-            if not isinstance(value, dict):
-                raise TypeError
-            return dict(value)
-    except (TypeError, ValueError) as exc:
-        kind = getattr(annotation, "__name__", str(annotation))
-        raise ConfigError(f"config key '{name}': {value!r} is not a valid {kind}") from exc
-    return value
-
-
-def validate(config: Config) -> None:
-    """Check every field's type and range; raise ConfigError naming the key."""
-    types_ = _field_types()
-    for f in dataclasses.fields(config):
-        value = _coerce(f.name, getattr(config, f.name), types_[f.name])
-        object.__setattr__(config, f.name, value)
-        meta = f.metadata
-        if "choices" in meta and value not in meta["choices"]:
-            allowed = ", ".join(meta["choices"])
-            raise ConfigError(f"config key '{f.name}': {value!r} is not one of: {allowed}")
-        if "min" in meta and value < meta["min"]:
-            raise ConfigError(
-                f"config key '{f.name}': {value!r} is below the minimum {meta['min']}"
-            )
-        if "max" in meta and value > meta["max"]:
-            raise ConfigError(
-                f"config key '{f.name}': {value!r} is above the maximum {meta['max']}"
-            )
-    if not config.hidden_sizes or any(h <= 0 for h in config.hidden_sizes):
-        raise ConfigError(
-            f"config key 'hidden_sizes': {list(config.hidden_sizes)!r} must be positive sizes"
-        )
+def validate_run_keys(config: Any) -> None:
+    """Check every run-level field's type and range; raise ConfigError naming the key."""
+    check_fields(config)
     _validate_sampler(config)
-    check = algorithm(config.algo).validate
-    if check is not None:
-        check(config)
 
 
 def _validate_sampler(config: Any) -> None:
@@ -276,56 +215,6 @@ def load_yaml(path: str | Path) -> dict[str, Any]:
             f"config file {str(path)!r} must hold a mapping of keys, not {type(data).__name__}"
         )
     return {str(k).replace("-", "_"): v for k, v in data.items()}
-
-
-def build_config(overrides: dict[str, Any], base: dict[str, Any] | None = None) -> Config:
-    """Defaults, then ``base`` (e.g. a YAML file), then ``overrides`` (the CLI)."""
-    known = {f.name for f in dataclasses.fields(Config)}
-    merged = {**(base or {}), **overrides}
-    unknown = sorted(set(merged) - known)
-    if unknown:
-        raise ConfigError(
-            f"unknown config key '{unknown[0]}'. Known keys: {', '.join(sorted(known))}"
-        )
-    return Config(**merged)
-
-
-# --- the command line, generated from the fields -------------------------------------------------
-
-
-def add_config_arguments(parser: argparse.ArgumentParser, keys: set[str] | None = None) -> None:
-    """One ``--kebab-case`` flag per config key (or per key of ``keys``), grouped as
-    :func:`key_groups` groups them, default and help taken from the field."""
-    types_ = _field_types()
-    defaults = Config()
-    for title, group in key_groups():
-        names = [f.name for f in dataclasses.fields(group) if keys is None or f.name in keys]
-        names = [name for name in names if types_[name] is not dict]  # dicts: YAML only
-        if not names:
-            continue
-        section = parser.add_argument_group(title)
-        for name in names:
-            _add_flag(section, name, types_[name], getattr(defaults, name))
-
-
-def _add_flag(section: Any, name: str, annotation: Any, default: Any) -> None:
-    meta = CONFIG_FIELDS[name].metadata
-    flag = "--" + name.replace("_", "-")
-    # argparse %-formats help strings: a literal "%" in a key's help must be doubled.
-    help_text = f"{meta['help']} (default: {default!r})".replace("%", "%%")
-    common = {"dest": name, "default": argparse.SUPPRESS, "help": help_text}
-    if annotation is bool:
-        section.add_argument(flag, action=argparse.BooleanOptionalAction, **common)
-    elif annotation is tuple or typing.get_origin(annotation) is tuple:
-        section.add_argument(flag, type=int, nargs="+", metavar="N", **common)
-    else:
-        section.add_argument(flag, metavar=name.upper(), choices=meta.get("choices"), **common)
-
-
-def config_overrides(args: argparse.Namespace) -> dict[str, Any]:
-    """The config keys given on the command line (and only those)."""
-    known = {f.name for f in dataclasses.fields(Config)}
-    return {k: v for k, v in vars(args).items() if k in known}
 
 
 def save_config(config: Config, path: Path) -> None:

@@ -282,6 +282,7 @@ def train(
         cfg.eval_adapt_steps,
         run.learner.adaptation_unit,
     )
+    logger.config_text(cfg.to_dict(), progress.next_iteration)
     stop = StopRequest()
     display = make_display(cfg.iterations, live=live, console=console)
     attach_progress(run.learner, display)
@@ -304,6 +305,7 @@ def train(
                     display.phase("checkpointing")
                     state = checkpoint_state(run, progress, iteration)
                     save_checkpoint(run.run_dir, state, keep=cfg.keep_checkpoints)
+                    logger.hparams(cfg.to_dict(), iteration, final=last)
                 display.end_iteration()
                 if stopping and not last:
                     display.print(
@@ -353,6 +355,12 @@ def progress_line(
 def new_run_dir(config: Config) -> Path:
     """The run directory of a new run (created by the caller once the run is built)."""
     run_dir = run_dir_name(config, config.algo)
+    blocked = next((p for p in (run_dir, *run_dir.parents) if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise ConfigError(
+            f"config key 'logdir': {str(blocked)!r} is a file, so run directory "
+            f"{str(run_dir)!r} cannot be made there; choose another --logdir"
+        )
     if (run_dir / "checkpoints").exists():
         raise ConfigError(
             f"config key 'run_name': run directory {str(run_dir)!r} already holds a "
@@ -377,18 +385,28 @@ def building_line(config: Config, *, cpu_count: int | None = None) -> str:
     return f"metarl: {config.algo} on {config.env}: {workers}, building the policy..."
 
 
-def start_run(config: Config, *, quiet: bool = False, wandb_project: str | None = None) -> int:
+def start_run(
+    config: Config,
+    *,
+    quiet: bool = False,
+    wandb_project: str | None = None,
+    run_dir: Path | None = None,
+) -> int:
     """Build a new run, then create its directory and train (bad input leaves no directory).
 
     ``quiet``: plain lines only, even on a terminal (``--quiet``). ``wandb_project``:
     also log to W&B (``--wandb-project``; not a config key, as it changes no result).
+    ``run_dir``: the run directory, as :func:`new_run_dir` gave it (default: made here).
     """
-    spec = registry.resolve(config.env)  # unknown names fail before anything is built
-    # the family's fixed constructor arguments (Meta-World's reward version) go on record
+    # unknown names fail before anything is built; a copied config.yaml brings its family
+    spec = registry.resolve_recorded(config.env, config.family, owner="the config")
+    # the family's fixed constructor arguments (Meta-World's reward version) go on record,
+    # and where the family came from, so that evaluate and --resume find it from the run
     config.env_kwargs = {**spec.kwargs, **config.env_kwargs}
+    config.family = registry.family_record(spec)
     if wandb_project:
         import_wandb()  # not installed: one line, before anything is built
-    run_dir = new_run_dir(config)
+    run_dir = run_dir or new_run_dir(config)
     print(building_line(config), flush=True)
     run = build_run(config, run_dir)
     try:
@@ -418,6 +436,8 @@ def resume(
     config = resumed_config(state, run_dir, overrides or {})
     print(building_line(config), flush=True)
     run = restore_run(state, config, run_dir)
+    if not config.family:  # a run from before families were recorded: record it from now on
+        config.family = registry.family_record(registry.resolve(config.env))
     progress = progress_from_checkpoint(state)
     if progress.next_iteration >= config.iterations:
         run.sampler.close()

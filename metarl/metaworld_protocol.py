@@ -8,11 +8,13 @@ times, then scores ``agent.eval_action`` over ``evaluation_episodes`` episodes p
 class, ending an episode at its first success. The adapters here give metarl's
 learners that interface:
 
-* :class:`GradientProtocolAgent` (MAML-TRPO/PPO, Meta-SGD, Reptile: every learner
-  with a ``MAMLInnerLoop`` as ``learner.inner``): ``adapt()`` is one inner step on
-  the adaptation episodes, exactly the step metarl's meta-test takes;
+* :class:`GradientProtocolAgent` (the gradient family's learners): ``adapt()`` is one
+  inner step on the adaptation episodes, exactly the step metarl's meta-test takes;
 * :class:`RecurrentProtocolAgent` (RL²): ``adapt()`` does nothing; the GRU's hidden
   state is carried from the adaptation episodes into the evaluation episodes.
+
+A learner offers its adapter through the ``MetaWorldAgentMaker`` extension
+(:mod:`metarl.algos.base`); one without it is refused in one line.
 
 Both act as metarl's sampler does: actions ``mean + std * noise`` with the noise of
 ``noise_rng(sampler seed, batch key, sub-env index, episode)``, clipped to the box.
@@ -32,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from metarl.algos.base import MetaWorldAgentMaker, extension
 from metarl.envs.metaworld import import_metaworld
 from metarl.functional import expand_params
 from metarl.policies.gaussian_mlp import LOG_2PI, params_to_numpy
@@ -137,7 +140,7 @@ class GradientProtocolAgent:
         """A new round of tasks: back to the meta-parameters, nothing recorded."""
         meta = {k: v.detach().requires_grad_() for k, v in self.inner.policy.params().items()}
         self.params = expand_params(meta, self.n)
-        self.adam_state = None
+        self.rule_state = None  # e.g. Reptile's Adam moments
         self.k = 0
         self._start_phase()
 
@@ -165,7 +168,7 @@ class GradientProtocolAgent:
     def adapt(self) -> None:
         """One inner step of every sub-env's task on its adaptation episodes."""
         batch = to_episode_batch(self._arrays(), tuple(range(self.n)))
-        self.params, self.adam_state, _ = self.inner.inner_step(self.params, batch, self.adam_state)
+        self.params, self.rule_state, _ = self.inner.inner_step(self.params, batch, self.rule_state)
         self.k += 1
         self._start_phase()
 
@@ -303,14 +306,11 @@ def protocol_envs(family: Any, *, n_envs: int, tasks_per_env: int, horizon: int,
 
 def make_protocol_agent(learner: Any, *, n_envs: int, horizon: int, seed: int,
                         batch_key: tuple, low, high) -> Any:  # fmt: skip
-    """The adapter of ``learner``: by what it has (an inner loop, or a recurrent policy)."""
-    common = dict(n_envs=n_envs, horizon=horizon, seed=seed, batch_key=batch_key, low=low,
-                  high=high)  # fmt: skip
-    if hasattr(learner, "inner") and hasattr(learner.inner, "inner_step"):
-        return GradientProtocolAgent(learner.inner, **common)
-    if learner.adaptation_unit == "episode" and hasattr(learner, "policy"):
-        return RecurrentProtocolAgent(learner.policy, **common)
-    raise ValueError(f"--protocol metaworld has no adapter for --algo {learner.name}")
+    """The adapter of ``learner``, from its :class:`MetaWorldAgentMaker` extension (a
+    one-line :class:`~metarl.algos.base.MissingExtension` for a learner without one)."""
+    maker = extension(learner, MetaWorldAgentMaker, purpose="--protocol metaworld")
+    return maker.metaworld_agent(n_envs=n_envs, horizon=horizon, seed=seed,
+                                 batch_key=batch_key, low=low, high=high)  # fmt: skip
 
 
 def run_protocol(
@@ -345,7 +345,7 @@ def evaluate_run(
     *,
     checkpoint: str,
     iteration: int,
-    out_dir: Any,
+    path: Any,
     n_envs: int,
     tasks_per_env: int,
     num_evals: int,
@@ -353,9 +353,11 @@ def evaluate_run(
     adaptation_episodes: int,
     evaluation_episodes: int,
     seed: int,
+    extra: dict | None = None,
 ) -> ProtocolResult:
-    """Score a restored run with Meta-World's protocol; print it and write a JSON beside
-    metarl's own evaluations (``python -m metarl.evaluate RUN_DIR --protocol metaworld``)."""
+    """Score a restored run with Meta-World's protocol; print it and write a JSON at ``path``
+    beside metarl's own evaluations (``python -m metarl.evaluate RUN_DIR --protocol
+    metaworld``), with ``extra`` (how it was made) added to its keys."""
     import json
     from pathlib import Path
 
@@ -394,16 +396,15 @@ def evaluate_run(
     print(f"  success rate {result.success_rate:.3f}, mean return {result.mean_return:.1f}")
     for name, rate in sorted(result.success_per_class.items()):
         print(f"  {name}: success {rate:.3f}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"metaworld_protocol_iter{iteration:06d}.json"
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     record = {"checkpoint": str(checkpoint), "iteration": iteration, "env": config.env,
               "algo": config.algo, "n_envs": n_envs, "tasks_per_env": tasks_per_env,
               "num_evals": num_evals, "adaptation_steps": adaptation_steps,
               "adaptation_episodes": adaptation_episodes,
               "evaluation_episodes": evaluation_episodes, "success_rate": result.success_rate,
               "mean_return": result.mean_return,
-              "success_per_class": result.success_per_class}  # fmt: skip
+              "success_per_class": result.success_per_class, **(extra or {})}  # fmt: skip
     path.write_text(json.dumps(record, indent=2) + "\n")
     print(f"wrote {path}")
     return result

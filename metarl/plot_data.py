@@ -116,7 +116,7 @@ def summarise(x: np.ndarray, per_seed: np.ndarray, runs: Sequence[str], **stats)
 
 NOT_SETTINGS = frozenset(
     {"seed", "run_name", "logdir", "device", "workers", "sampler", "ray_address",
-     "torch_threads", "checkpoint_every", "keep_checkpoints"}
+     "torch_threads", "checkpoint_every", "keep_checkpoints", "family"}
 )  # fmt: skip
 """Config keys that say where or how a run ran, not what it trained: never a group hint."""
 

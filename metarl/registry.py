@@ -13,6 +13,10 @@ Users add families three ways:
    under ``short-name``) or ``anything = "pkg.module:register"`` (a function
    that calls :func:`register_family` itself); found by :func:`load_plugins`;
 3. pass ``--env pkg.module:ClassName`` naming any class that follows the task API.
+
+A run records where its family came from (:func:`family_record`, the config key
+``family``), so that a process that never registered it (``evaluate``, ``--resume``,
+``baselines``) registers it from the run (:func:`resolve_recorded`).
 """
 
 from __future__ import annotations
@@ -204,6 +208,76 @@ def _register_import_path(path: str) -> FamilySpec:
         gym_id=gym_id,
         summary=(inspect.getdoc(cls) or "").split("\n")[0],
     )
+
+
+def entry_point_path(entry_point: Any) -> str:
+    """An entry point as an import path: a ``"module:Class"`` string as it is, a class
+    (or factory function) as ``"its.module:Its.QualName"``."""
+    if isinstance(entry_point, str):
+        return entry_point
+    return f"{entry_point.__module__}:{entry_point.__qualname__}"
+
+
+def family_record(spec: FamilySpec) -> dict[str, Any]:
+    """What a run records of its family (the config key ``family``) so that another process
+    can find it from the run alone: its class's import path, ``varies`` and ``horizon``."""
+    return {
+        "entry_point": entry_point_path(spec.entry_point),
+        "varies": spec.varies,
+        "horizon": spec.horizon,
+    }
+
+
+def import_entry_point(path: str) -> Any:
+    """The object ``"module:Qual.Name"`` names; an ImportError saying why it cannot be had.
+
+    A class defined in a script (module ``__main__``) is not importable from another process.
+    """
+    module_name, _, qualname = path.partition(":")
+    if not module_name or not qualname:
+        raise ImportError(f"{path!r} is not of the form module:Class")
+    if module_name in ("__main__", "__mp_main__"):
+        raise ImportError("it was defined in the script that trained the run (module __main__)")
+    target: Any = importlib.import_module(module_name)
+    for attribute in qualname.split("."):
+        try:
+            target = getattr(target, attribute)
+        except AttributeError as exc:
+            raise ImportError(f"AttributeError: {exc}") from exc
+    return target
+
+
+def resolve_recorded(name: str, record: dict | None, *, owner: str = "the run") -> FamilySpec:
+    """The family ``name``; when this process does not know it, registered first from
+    ``record`` (:func:`family_record`, what ``owner``, e.g. ``"run 'runs/x'"``, recorded).
+
+    An :class:`UnknownEnvError` of one line when the recorded class cannot be imported
+    here, saying what to install or register; the usual one without a record.
+    """
+    try:
+        return resolve(name)
+    except UnknownEnvError as exc:
+        path = (record or {}).get("entry_point")
+        if not path:
+            raise
+        unknown = exc
+    try:
+        import_entry_point(path)
+    except Exception as exc:  # noqa: BLE001 - any failure to import is reported as one line
+        reason = str(exc) if type(exc) is ImportError else f"{type(exc).__name__}: {exc}"
+        raise UnknownEnvError(
+            f"{owner} is of family {name!r} from {path!r}, which cannot be imported here "
+            f"({reason}); install it (or put it on PYTHONPATH), or call "
+            f"metarl.register_family({name!r}, ...) before evaluating or resuming it"
+        ) from exc
+    if ":" in name:  # an import path names its own class: resolve() said what is wrong
+        raise unknown
+    try:
+        return register_family(
+            name, path, varies=record.get("varies", "goal"), horizon=int(record["horizon"])
+        )
+    except (KeyError, TypeError, ValueError) as exc:  # a bad record, an id of another family
+        raise UnknownEnvError(f"{owner} is of family {name!r} from {path!r}: {exc}") from exc
 
 
 def make_env(name: str, *, horizon: int | None = None, **kwargs: Any) -> gymnasium.Env:

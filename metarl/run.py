@@ -21,12 +21,13 @@ from metarl import registry
 from metarl.algos.base import MetaLearner
 from metarl.algos.registry import build_learner, build_policy
 from metarl.checkpoint import CheckpointError
-from metarl.config import Config, ConfigError, build_config
+from metarl.config import Config, ConfigError
+from metarl.configure import config_value, identity_keys, restored_config
 from metarl.envs.base import TaskPools, check_task_api, make_task_pools
+from metarl.gl import is_gl_failure
 from metarl.sampling import Sampler, make_sampler
 from metarl.sampling.backends import BACKENDS
 from metarl.seeding import derive_rng, derive_seed
-from metarl.video import is_gl_failure
 
 
 @dataclass
@@ -120,7 +121,12 @@ def run_dir_name(config: Config, label: str) -> Path:
 
 
 def build_run(config: Config, run_dir: Path) -> Run:
-    """Make the task pools, sampler, policy and learner for ``config`` (no training)."""
+    """Make the task pools, sampler, policy and learner for ``config`` (no training).
+
+    A family this process does not know is registered from the run's record of it
+    (``config.family``), or is one line saying what to import.
+    """
+    registry.resolve_recorded(config.env, config.family, owner=f"run {str(run_dir)!r}")
     if config.torch_threads:
         torch.set_num_threads(config.torch_threads)
     device = resolve_device(config.device)
@@ -158,27 +164,22 @@ def iteration_tasks(config: Config, pools: TaskPools, iteration: int) -> list:
     return [pools.train[i] for i in idx]
 
 
-IDENTITY_KEYS = (
-    "env",
-    "env_kwargs",
-    "algo",
-    "hidden_sizes",
-    "activation",
-    "weight_init",
-    "seed",
-)
-"""Config keys a resumed run may not change: they define what the checkpoint is of."""
-
-
 def resumed_config(state: dict, run_dir: Path, overrides: dict) -> Config:
-    """The checkpoint's config with ``overrides``; a CheckpointError if they change its identity."""
-    saved = build_config(state["config"])
-    config = build_config({**state["config"], **overrides})
-    for key in IDENTITY_KEYS:
-        if getattr(config, key) != getattr(saved, key):
+    """The checkpoint's config with ``overrides``; a CheckpointError if they change its
+    identity (the keys marked ``identity``: the family, algorithm, seed, policy shape)."""
+    saved = restored_config(state["config"])
+    if overrides.get("algo", saved.algo) != saved.algo:  # before its groups are composed
+        raise CheckpointError(
+            f"checkpoint in {str(run_dir)!r} is of algo={saved.algo!r}, not "
+            f"{overrides['algo']!r}; start a new run instead of --resume"
+        )
+    config = restored_config(state["config"], overrides)
+    for key in identity_keys(saved):
+        was, now = config_value(saved, key), config_value(config, key)
+        if now != was:
             raise CheckpointError(
-                f"checkpoint in {str(run_dir)!r} is of {key}={getattr(saved, key)!r}, "
-                f"not {getattr(config, key)!r}; start a new run instead of --resume"
+                f"checkpoint in {str(run_dir)!r} is of {key}={was!r}, "
+                f"not {now!r}; start a new run instead of --resume"
             )
     return config
 

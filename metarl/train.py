@@ -15,6 +15,13 @@ adapting, updating, meta-testing), its env steps, its seconds and the run's ETA;
 each iteration still leaves one ``iter ...`` line. Elsewhere (a pipe, a log file)
 or with ``--quiet``, only the lines are printed.
 
+From a script (say, after ``metarl.register_family(...)``), under a ``__main__`` guard::
+
+    if __name__ == "__main__":
+        sys.exit(metarl.train.main(["--env", "target", *sys.argv[1:]]))  # the exit code
+
+or ``run_dir = metarl.train.run({"env": "target"})``, which raises errors instead.
+
 Exit codes:
 
 * 0: done, or stopped cleanly by a first Ctrl-C / SIGTERM after writing a checkpoint;
@@ -23,7 +30,9 @@ Exit codes:
   in a row); the last checkpoint is intact and the message says how to resume;
 * 2: bad input: an unknown env, algorithm or key, a bad value, a missing or invalid
   YAML file, a missing, corrupt or incompatible checkpoint for ``--resume``,
-  ``--device cuda`` without CUDA. One line on stderr; ``--debug`` shows the traceback;
+  ``--device cuda`` without CUDA, a run whose recorded family cannot be imported here,
+  a script that trains at its top level without ``if __name__ == "__main__":`` (its
+  rollout workers re-run it). One line on stderr; ``--debug`` shows the traceback;
 * 130 (143): a second Ctrl-C (SIGTERM) stopped the run at once; the last checkpoint
   is intact.
 """
@@ -32,12 +41,15 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from metarl import registry
 from metarl.algos.registry import algorithms
 from metarl.cli import OneLineErrorParser, run_command
-from metarl.config import add_config_arguments, build_config, config_overrides, load_yaml
+from metarl.config import load_yaml
+from metarl.configure import add_config_arguments, build_config, config_overrides
 
 PROG = "python -m metarl.train"
 
@@ -89,6 +101,29 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         return start_run(build_config(config_overrides(args), base), **display)
 
     return run_command(command, debug=args.debug)
+
+
+def run(keys: Mapping[str, Any] | None = None, /, *, quiet: bool = False, **more: Any) -> Path:
+    """Train a new run in this process from config keys; returns its run directory.
+
+    ``keys`` and ``more`` are config keys as a YAML file holds them (``run({"env":
+    "target", "iterations": 100})`` or ``run(env="target", iterations=100)``); ``quiet``
+    as ``--quiet``. Unlike :func:`main`, which returns an exit code, errors are raised:
+    a :class:`~metarl.options.ConfigError` (or another of :data:`metarl.cli.BAD_INPUT`)
+    for bad input, :class:`~metarl.loop.RunFailure` when the run cannot go on, and
+    ``KeyboardInterrupt`` when a second Ctrl-C stopped it (a first one returns the run
+    directory, its checkpoint written). Call it under ``if __name__ == "__main__":`` when
+    it starts rollout workers: they start by spawn and re-import the calling script.
+    """
+    from metarl.loop import new_run_dir, start_run
+    from metarl.sampling.worker import exit_if_spawn_bootstrapping
+
+    exit_if_spawn_bootstrapping()  # a rollout worker re-running an unguarded script
+    config = build_config({**(keys or {}), **more})
+    run_dir = new_run_dir(config)
+    if start_run(config, quiet=quiet, run_dir=run_dir) != 0:
+        raise KeyboardInterrupt
+    return run_dir
 
 
 if __name__ == "__main__":

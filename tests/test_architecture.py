@@ -11,20 +11,30 @@ from pathlib import Path
 import pytest
 import torch
 
-from metarl.algos.base import Algorithm, IterationResult
-from metarl.algos.registry import ALGORITHMS, algorithm, algorithms, option_groups
-from metarl.config import ALGOS, Config, build_config, key_groups
+from metarl.algos.base import (
+    Algorithm,
+    IterationResult,
+    MetaWorldAgentMaker,
+    MissingExtension,
+    ReportsProgress,
+    ShowsAdaptation,
+    extension,
+)
+from metarl.algos.registry import ALGORITHMS, algorithm, algorithms
+from metarl.config import run_keys
+from metarl.configure import all_groups, build_config, key_readers, titled_groups
 from metarl.run import build_run
 
 ROOT = Path(__file__).parents[1]
-CLI_MODULES = {"metarl.train", "metarl.evaluate", "metarl.baselines", "metarl.cli"}
+CLI_MODULES = {"metarl.train", "metarl.evaluate", "metarl.baselines", "metarl.cli", "metarl.plot"}
 
 
 def module_imports() -> dict[str, set[str]]:
-    """Each metarl module -> the metarl modules it imports at import time.
+    """Each metarl module -> the metarl modules it imports at module level.
 
-    Imports inside functions and under ``if TYPE_CHECKING:`` run later or never, so
-    they cannot make a circle at import time and are left out.
+    Imports under ``if TYPE_CHECKING:`` are included: a circle among them is still a
+    circle for a type checker and for the reader. Imports inside functions (deferred
+    on purpose, e.g. of an optional extra) are left out.
     """
     graph: dict[str, set[str]] = {}
     for path in [*(ROOT / "metarl").rglob("*.py"), *(ROOT / "envs").rglob("*.py")]:
@@ -37,9 +47,7 @@ def module_imports() -> dict[str, set[str]]:
         name = ".".join(parts)
         tree = ast.parse(path.read_text())
         found: set[str] = set()
-        for node in tree.body:  # top level only
-            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-                continue
+        for node in tree.body:  # top level only, TYPE_CHECKING blocks included
             for sub in ast.walk(node) if not isinstance(node, ast.FunctionDef) else ():
                 if isinstance(sub, (ast.FunctionDef, ast.AsyncFunctionDef)):
                     break
@@ -85,16 +93,24 @@ def test_no_library_module_imports_a_command_line_module():
 
 
 def test_every_registered_algorithm_is_an_algorithm_with_its_own_keys():
-    assert tuple(ALGORITHMS) == ALGOS and ALGOS[:3] == ("maml-trpo", "maml-ppo", "rl2")
-    keys = {f.name for f in dataclasses.fields(Config)}
+    assert tuple(ALGORITHMS)[:3] == ("maml-trpo", "maml-ppo", "rl2")
+    run_level = set(run_keys())
+    declared: dict[str, object] = {}
+    for group in all_groups():
+        for f in dataclasses.fields(group):
+            assert f.name not in run_level, f.name
+            # a key in two groups (init_log_std: the MLP's and the GRU's) must mean the same
+            if f.name in declared:
+                assert declared[f.name] == (f.default, f.type), f.name
+            declared[f.name] = (f.default, f.type)
     for entry in algorithms():
         assert isinstance(entry, Algorithm) and entry.name in ALGORITHMS
-        for group in entry.option_groups:
-            assert {f.name for f in dataclasses.fields(group)} <= keys
-    declared = [f.name for group in option_groups() for f in dataclasses.fields(group)]
-    assert len(declared) == len(set(declared))  # no key declared twice
-    titles = [title for title, _ in key_groups()]
-    assert "MAML inner loop (maml-trpo, maml-ppo, reptile, meta-sgd)" in titles
+        assert entry.policy_group in entry.groups(None)
+        for group in entry.groups(None):
+            prefix = {f.name.split("_")[0] for f in dataclasses.fields(group)}
+            assert len(prefix) == 1 or group is entry.policy_group, (group, prefix)
+    titles = [title for title, _ in titled_groups()]
+    assert "inner loop (maml-trpo, maml-ppo, reptile, meta-sgd)" in titles
     assert "PPO update (maml-ppo, rl2, meta-sgd)" in titles
 
 
@@ -103,18 +119,54 @@ def test_help_lists_each_algorithms_flags_under_its_group():
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0
     text = result.stdout
-    trpo = text.index("MAML-TRPO outer loop (maml-trpo, meta-sgd):")
-    assert text.index("--max-kl", trpo) < text.index("PPO update (maml-ppo, rl2, meta-sgd):")
+    trpo = text.index("TRPO outer update (maml-trpo, meta-sgd):")
+    assert text.index("--trpo-max-kl", trpo) < text.index("PPO update (maml-ppo, rl2, meta-sgd):")
     rl2 = text.index("RL2 (rl2):")
-    assert rl2 > trpo and "--rl2-hidden-size" in text[rl2:]
+    assert rl2 > trpo and "--rl2-gae-lambda" in text[rl2:]
+    assert "--max-kl" not in text  # old names parse, but --help shows the current ones
+
+
+def test_a_learner_without_an_extension_gets_one_line():
+    class Bare:
+        name = "bare"
+
+    for capability in (ShowsAdaptation, MetaWorldAgentMaker):
+        with pytest.raises(MissingExtension) as err:
+            extension(Bare(), capability, purpose="--video")
+        assert str(err.value) == (
+            f"--video is not available for bare: its learner does not provide the "
+            f"{capability.__name__} extension (see metarl/algos/base.py)"
+        )
+
+
+def test_no_learner_is_inspected_by_attribute_outside_the_extension_helper():
+    for path in (ROOT / "metarl").rglob("*.py"):
+        if path == ROOT / "metarl" / "algos" / "base.py":  # the helper itself
+            continue
+        text = path.read_text()
+        for needle in ("hasattr(learner", "getattr(learner", "hasattr(run.learner",
+                       "getattr(run.learner", "hasattr(actor", "getattr(actor"):  # fmt: skip
+            assert needle not in text, f"{path}: {needle}"
+
+
+EXTENSIONS = {  # what each learner provides today
+    "maml-trpo": {ReportsProgress, ShowsAdaptation, MetaWorldAgentMaker},
+    "maml-ppo": {ReportsProgress, ShowsAdaptation, MetaWorldAgentMaker},
+    "reptile": {ReportsProgress, ShowsAdaptation, MetaWorldAgentMaker},
+    "meta-sgd": {ReportsProgress, ShowsAdaptation, MetaWorldAgentMaker},
+    "rl2": {ReportsProgress, ShowsAdaptation, MetaWorldAgentMaker},
+    "pearl": set(),
+}
 
 
 @pytest.mark.parametrize("name", list(ALGORITHMS))
 def test_each_learner_follows_the_protocol(name, tmp_path):
+    sizes = {"hidden_sizes": [4], "rl2_hidden_size": 4, "pearl_hidden_sizes": [4]}
+    sizes = {k: v for k, v in sizes.items() if name in key_readers(k)}
     config = build_config({"env": "point-nav", "algo": name, "meta_batch_size": 2,
-                           "episodes_per_task": 2, "horizon": 5, "hidden_sizes": [4],
-                           "rl2_hidden_size": 4, "workers": 0, "train_pool_size": 4,
-                           "test_pool_size": 2, "device": "cpu"})  # fmt: skip
+                           "episodes_per_task": 2, "horizon": 5, "workers": 0,
+                           "train_pool_size": 4, "test_pool_size": 2, "device": "cpu",
+                           **sizes})  # fmt: skip
     run = build_run(config, tmp_path)
     try:
         learner = run.learner
@@ -123,6 +175,9 @@ def test_each_learner_follows_the_protocol(name, tmp_path):
         assert isinstance(result, IterationResult) and result.rejected is False
         assert result.env_steps > 0
         assert (result.kl is None) == (name == "reptile")  # Reptile's step has no trust region
+        provided = {c for c in (ReportsProgress, ShowsAdaptation, MetaWorldAgentMaker)
+                    if isinstance(learner, c)}  # fmt: skip
+        assert provided == EXTENSIONS[name]
         curve = learner.meta_test(list(run.pools.test), adapt_steps=1, episodes_per_task=2,
                                   batch_key=("test", 0))  # fmt: skip
         assert curve.returns.shape == (2, 2) and torch.isfinite(curve.returns).all()

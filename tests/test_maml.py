@@ -7,7 +7,7 @@ import copy
 import pytest
 import torch
 
-from metarl import config
+from metarl.algos.gradient_family import SGDRule
 from metarl.algos.maml import AdaptationData, MAMLInnerLoop, ProcessedBatch, reinforce_loss
 from metarl.algos.maml_ppo import PPOUpdate
 from metarl.algos.maml_trpo import OldPolicy, TRPOUpdate
@@ -52,9 +52,9 @@ def inner_loop(
 ) -> MAMLInnerLoop:
     return MAMLInnerLoop(
         policy,
-        sampler=None,
+        None,
+        SGDRule(lr),
         inner_steps=steps,
-        inner_lr=lr,
         first_order=first_order,
         discount=0.99,
         gae_lambda=1.0,
@@ -88,7 +88,8 @@ def test_xavier_init_draws_xavier_uniform_weights_and_zero_biases():
         assert torch.any(layer_default.bias != 0)
     with pytest.raises(ValueError, match="weight_init must be"):
         GaussianMLPPolicy(spec, weight_init="he")
-    assert config.WEIGHT_INITS == gaussian_mlp.WEIGHT_INITS  # the config's choices are the policy's
+    choices = gaussian_mlp.MLPPolicyOptions.__dataclass_fields__["weight_init"].metadata
+    assert choices["choices"] == gaussian_mlp.WEIGHT_INITS  # the key's choices are the policy's
 
 
 def test_batched_kl_matches_torch_distributions():
@@ -225,7 +226,18 @@ def fisher_vector_product(
     old = OldPolicy.of(inner.policy.spec, data)
     _, kl = update._surrogate_and_kl(data, old, create_graph=True)
     params = list(inner.policy.parameters())
-    return update, old, make_hvp(update._fisher_kl(data, kl), params, damping=0.0)
+    return update, old, make_hvp(fisher_kl(update, data, kl), params, damping=0.0)
+
+
+def fisher_kl(update: TRPOUpdate, data: AdaptationData, full_kl: torch.Tensor) -> torch.Tensor:
+    """The mean KL whose Hessian is the update's Fisher, every chunk at once (``full_kl``
+    when that is it): the mean over the Fisher's tasks of ``update._fisher_kl_sum``."""
+    if update.fisher == "full" and update.fisher_stride == 1:
+        return full_kl
+    n_tasks = data.valid.observations.shape[0]
+    chunks = update._chunks(n_tasks, update.fisher_stride)
+    n_fisher = len(range(0, n_tasks, update.fisher_stride))
+    return sum(update._fisher_kl_sum(data, tasks) for tasks in chunks) / n_fisher
 
 
 def modelled_and_real_kl(fisher: str, inner_lr: float, eps: float) -> tuple[float, float]:

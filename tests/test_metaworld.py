@@ -141,7 +141,7 @@ def test_metaworlds_own_protocol_scores_a_checkpoint_as_metarls_meta_test(tmp_pa
     episodes as metarl's meta_test, so it reports the same return."""
     from metarl.envs.metaworld import benchmark_tasks
 
-    from metarl.config import build_config
+    from metarl.configure import build_config
     from metarl.metaworld_protocol import make_protocol_agent, protocol_envs, run_protocol
     from metarl.run import build_run, build_task_pools, make_config_env
 

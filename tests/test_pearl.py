@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch import nn
 
 from metarl import evaluate as evaluate_cli
 from metarl import train as train_cli
@@ -20,6 +21,7 @@ from metarl.algos.pearl import (
     kl_to_unit_gaussian,
     product_of_gaussians,
     soft_bellman_target,
+    soft_update,
     soft_value_target,
     with_task_latent,
 )
@@ -294,7 +296,7 @@ def test_dense_sac_reward_trains_sac_on_the_distance_and_the_encoder_on_the_spar
     encoder buffer (and every reported return) the env's own 0/1 reward."""
     from metarl.envs.point_nav import GOAL_RADIUS, GoalTask
 
-    from metarl.config import build_config
+    from metarl.configure import build_config
     from metarl.sampling import make_sampler
 
     dense = pearl_module.family_dense_reward(build_config({"env": "point-nav-sparse"}))
@@ -472,3 +474,34 @@ def test_pearl_posterior_episodes_beat_the_prior_episode_on_held_out_point_nav_t
     prior = last_three("test/return_episode_1")
     posterior = (last_three("test/return_episode_2") + last_three("test/return_episode_3")) / 2
     assert posterior > prior + 1.0, (prior, posterior)
+
+
+def test_soft_update_moves_the_target_tau_of_the_way_to_the_source():
+    target, source = nn.Linear(2, 1), nn.Linear(2, 1)
+    with torch.no_grad():
+        target.weight.copy_(torch.tensor([[1.0, -2.0]]))
+        target.bias.fill_(4.0)
+        source.weight.copy_(torch.tensor([[3.0, 2.0]]))
+        source.bias.fill_(0.0)
+    soft_update(target, source, 0.25)
+    # (1 - 0.25) * target + 0.25 * source, by hand
+    assert torch.equal(target.weight, torch.tensor([[1.5, -1.0]]))
+    assert torch.equal(target.bias, torch.tensor([3.0]))
+    assert torch.equal(source.weight, torch.tensor([[3.0, 2.0]]))  # the source is untouched
+
+
+def test_a_gradient_step_moves_the_v_target_by_tau_toward_the_updated_v():
+    """The step updates V by its optimiser, then the target by pearl_tau from where it was:
+    ``target' = (1 - tau) target + tau V'``; nothing else writes the target."""
+    tau = 0.3
+    learner = small_learner(pearl_tau=tau)
+    with torch.no_grad():  # a target away from V, so a wrong rate or order shows
+        for p in learner.v_target.parameters():
+            p.add_(0.5)
+    before = [p.detach().clone() for p in learner.v_target.parameters()]
+    t, b = 2, 6
+    learner.gradient_step(random_rl_batch(t, b), torch.randn(t, 4, 2 * OBS + ACT + 1))
+    v_after = [p.detach() for p in learner.v.parameters()]
+    for old, new, v in zip(before, learner.v_target.parameters(), v_after):
+        assert torch.allclose(new, (1 - tau) * old + tau * v, atol=1e-7)
+        assert not torch.allclose(new, old)

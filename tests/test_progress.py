@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from cli_args import args_for
 from rich.console import Console
 from test_train_cli import TINY, scalars
 
@@ -22,7 +23,7 @@ from metarl import run as run_assembly
 from metarl import train as train_cli
 from metarl.algos.base import attach_progress
 from metarl.checkpoint import periodic_checkpoints
-from metarl.config import build_config
+from metarl.configure import build_config
 from metarl.logger import CsvLog
 from metarl.progress import (
     ENV_VAR,
@@ -206,7 +207,8 @@ def test_live_display_shows_phases_steps_eta_and_keeps_one_line_per_iteration(
     monkeypatch.setenv(ENV_VAR, "live")  # stdout is captured here, not a terminal
     monkeypatch.setenv("COLUMNS", "140")
     extra = RL2_TINY if algo == "rl2" else []
-    args = [*TINY, *extra, "--algo", algo, "--logdir", str(tmp_path), "--run-name", "r"]
+    args = args_for(algo, [*TINY, *extra, "--algo", algo, "--logdir", str(tmp_path),
+                           "--run-name", "r"])  # fmt: skip
     assert train_cli.main(args) == 0
     raw = capsys.readouterr().out
     assert "\x1b[" in raw  # drawn as on a terminal

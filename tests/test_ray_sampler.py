@@ -160,7 +160,8 @@ def _alive(pid: int) -> bool:
 
 
 def test_ray_backend_without_ray_says_how_to_install_it(monkeypatch):
-    from metarl.config import ConfigError, build_config
+    from metarl.config import ConfigError
+    from metarl.configure import build_config
 
     monkeypatch.setitem(sys.modules, "ray", None)  # import ray -> ImportError
     with pytest.raises(SamplerError, match=r'pip install "metarl\[ray\]"'):
@@ -170,7 +171,8 @@ def test_ray_backend_without_ray_says_how_to_install_it(monkeypatch):
 
 
 def test_backend_arguments_are_checked():
-    from metarl.config import ConfigError, build_config
+    from metarl.config import ConfigError
+    from metarl.configure import build_config
 
     with pytest.raises(ValueError, match="backend must be one of local, ray"):
         make_sampler(FAMILY, spec=SPEC, seed=0, workers=0, backend="dask")

@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from metarl import train as train_cli
+from metarl.algos.gradient_family import GradientLearner, SGDRule
 from metarl.algos.maml import MAMLInnerLoop, reinforce_loss
 from metarl.algos.maml_trpo import OldPolicy, TRPOUpdate
-from metarl.algos.meta_sgd import PerParameterStepSizes
-from metarl.algos.reptile import Reptile, reptile_step
-from metarl.config import ConfigError, build_config
+from metarl.algos.meta_sgd import LearnedStepRule, PerParameterStepSizes
+from metarl.algos.reptile import AdamRule, ReptileUpdate, reptile_step
+from metarl.config import ConfigError
+from metarl.configure import build_config
 from metarl.functional import adam_adapt, adapt, expand_params
 from metarl.sampling import EpisodeBatch
 from tests.test_maml import T, adaptation_data, fake_batch, make_policy
@@ -48,12 +50,13 @@ class FakeSampler:
 
 def reptile(*, inner_steps: int, outer_lr: float, sampler=None, optimizer: str = "sgd"):
     policy = make_policy().float()
+    rule = AdamRule(0.3) if optimizer == "adam" else SGDRule(0.3)
     inner = MAMLInnerLoop(
-        policy, sampler or FakeSampler(), inner_steps=1, inner_lr=0.3, first_order=True,
-        discount=0.99, gae_lambda=1.0, device=torch.device("cpu"), inner_optimizer=optimizer,
+        policy, sampler or FakeSampler(), rule, inner_steps=inner_steps, first_order=True,
+        discount=0.99, gae_lambda=1.0, device=torch.device("cpu"),
     )  # fmt: skip
-    learner = Reptile(inner, inner_steps=inner_steps, outer_lr=outer_lr,
-                      outer_lr_anneal_iterations=0, episodes_per_task=2)  # fmt: skip
+    outer = ReptileUpdate(inner, outer_lr=outer_lr, outer_lr_anneal_iterations=0)
+    learner = GradientLearner("reptile", inner, outer, episodes_per_task=2)
     return learner, policy
 
 
@@ -118,12 +121,12 @@ def test_adam_inner_step_first_step_is_lr_times_the_gradient_sign():
 
 def test_meta_sgd_with_alpha_frozen_at_inner_lr_adapts_exactly_as_maml():
     policy = make_policy()
-    maml = MAMLInnerLoop(policy, None, inner_steps=2, inner_lr=0.5, first_order=False,
+    maml = MAMLInnerLoop(policy, None, SGDRule(0.5), inner_steps=2, first_order=False,
                          discount=0.99, gae_lambda=1.0, device=torch.device("cpu"))  # fmt: skip
     alpha = PerParameterStepSizes(policy, 0.5).double()
-    meta_sgd = MAMLInnerLoop(policy, None, inner_steps=2, inner_lr=0.5, first_order=False,
-                             discount=0.99, gae_lambda=1.0, device=torch.device("cpu"),
-                             step_sizes=alpha)  # fmt: skip
+    meta_sgd = MAMLInnerLoop(policy, None, LearnedStepRule(alpha), inner_steps=2,
+                             first_order=False, discount=0.99, gae_lambda=1.0,
+                             device=torch.device("cpu"))  # fmt: skip
     train = [fake_batch(1), fake_batch(2)]
     a, b = maml.adapted_params(train), meta_sgd.adapted_params(train)
     for k in a:
@@ -143,9 +146,9 @@ def test_meta_sgd_alpha_gradient_matches_finite_differences():
     with torch.no_grad():  # distinct step sizes per entry
         for a in alpha.alpha:
             a.add_(0.1 * torch.rand_like(a))
-    inner = MAMLInnerLoop(policy, None, inner_steps=1, inner_lr=0.3, first_order=False,
-                          discount=0.99, gae_lambda=1.0, device=torch.device("cpu"),
-                          step_sizes=alpha)  # fmt: skip
+    inner = MAMLInnerLoop(policy, None, LearnedStepRule(alpha), inner_steps=1,
+                          first_order=False, discount=0.99, gae_lambda=1.0,
+                          device=torch.device("cpu"))  # fmt: skip
     data = adaptation_data(policy, inner)
     update = TRPOUpdate(inner, max_kl=0.01, cg_iters=5, cg_damping=1e-5, ls_max_backtracks=5,
                         ls_backtrack_ratio=0.8)  # fmt: skip
@@ -173,11 +176,14 @@ def test_meta_sgd_alpha_gradient_matches_finite_differences():
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"algo": "reptile", "inner_steps": 2}, "'inner_steps': 2 does not apply to reptile"),
-        ({"algo": "reptile", "first_order": True}, "reptile is first-order by construction"),
+        ({"algo": "reptile", "inner_steps": 2}, "'inner_steps' is not read by reptile"),
+        (
+            {"algo": "reptile", "inner_first_order": True},
+            "'inner_first_order' is not read by reptile",
+        ),
         ({"algo": "reptile", "reptile_inner_optimizer": "rmsprop"}, "is not one of: sgd, adam"),
         ({"algo": "reptile", "reptile_outer_lr": -1}, "'reptile_outer_lr': -1.0 is below"),
-        ({"algo": "meta-sgd", "meta_sgd_outer": "sgd"}, "'meta_sgd_outer': 'sgd' is not one"),
+        ({"algo": "meta-sgd", "outer": "sgd"}, "'outer': 'sgd' is not an outer update of"),
     ],
 )
 def test_bad_values_name_the_key(overrides, message):
@@ -195,7 +201,7 @@ TINY = ["--env", "point-nav", "--iterations", "2", "--meta-batch-size", "3",
     ("algo", "extra"),
     [("reptile", ["--reptile-inner-steps", "2"]),
      ("reptile", ["--reptile-inner-optimizer", "adam", "--inner-lr", "0.01"]),
-     ("meta-sgd", []), ("meta-sgd", ["--meta-sgd-outer", "ppo"])],
+     ("meta-sgd", []), ("meta-sgd", ["--outer", "ppo"])],
 )  # fmt: skip
 def test_cli_smoke_run_writes_the_adaptation_tags_and_resumes_exactly(tmp_path, algo, extra):
     from metarl.checkpoint import load_checkpoint, periodic_checkpoints

@@ -17,13 +17,15 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_args import args_for
 from test_train_cli import TINY, run_cli, scalars
 
+from metarl import evaluate as evaluate_cli
 from metarl import train as train_cli
 from metarl.algos.maml_ppo import PPOUpdate
 from metarl.algos.maml_trpo import TRPOUpdate
 from metarl.checkpoint import load_checkpoint, load_latest, periodic_checkpoints
-from metarl.config import Config
+from metarl.configure import build_config
 
 QUIET = ["--eval-every", "0"]
 
@@ -141,7 +143,9 @@ def test_checkpoint_holds_everything_needed_to_continue(tmp_path):
     assert ckpt_names(run_dir) == ["iter_000002.pt", "iter_000003.pt"]  # the last K = 2
     state = load_latest(run_dir)
     assert state["iteration"] == 3 and state["env_steps"] > 0
-    assert set(state["config"]) == set(Config().to_dict())  # the resolved config, every key
+    # the resolved config: every key of the run, and only those
+    assert state["config"] == build_config(state["config"]).to_dict()
+    assert "ppo_lr" in state["config"] and "trpo_max_kl" not in state["config"]
     assert {"policy", "outer"} <= set(state["learner"])
     assert "optimizer" in state["learner"]["outer"]  # MAML-PPO's Adam state
     assert {"torch", "numpy", "python"} <= set(state["rng"])
@@ -184,7 +188,7 @@ def _slow_iteration_script(slow_iteration: int) -> str:
     """The CLI, with one iteration that would take a minute."""
     return (
         "import sys, time\n"
-        "from metarl.algos.maml import MAML\n"
+        "from metarl.algos.gradient_family import GradientLearner as MAML\n"
         "from metarl.train import main\n"
         "real = MAML.train_iteration\n"
         "def slow(self, tasks, iteration):\n"
@@ -287,6 +291,10 @@ def assert_bad_input(result: subprocess.CompletedProcess, message: str) -> None:
         ("- a list\n", [], "must hold a mapping of keys, not list"),
         ("env_kwargs: {no_such_kwarg: 1}\n", [],
          "config key 'env_kwargs': {'no_such_kwarg': 1} is not accepted by 'point-nav'"),
+        (None, ["--init-log-std", "nan"], "config key 'init_log_std': 'nan' is not a valid float"),
+        (None, ["--inner-lr", "inf"], "config key 'inner_lr': 'inf' is not a valid float"),
+        (None, ["--ppo-lr", "0.05"],
+         "config key 'ppo_lr' is not read by maml-trpo; it is read by: maml-ppo, rl2, meta-sgd"),
     ],
 )  # fmt: skip
 def test_bad_config_is_one_line_and_creates_no_run_directory(tmp_path, yaml_text, args, message):
@@ -298,10 +306,19 @@ def test_bad_config_is_one_line_and_creates_no_run_directory(tmp_path, yaml_text
     assert not (tmp_path / "runs").exists()
 
 
+def test_a_logdir_that_is_a_file_is_one_line(tmp_path):
+    (tmp_path / "runs").write_text("not a folder")
+    result = run_cli("metarl.train", *TINY, "--logdir", "runs", cwd=tmp_path, timeout=60)
+    assert_bad_input(result, "config key 'logdir': 'runs' is a file")
+    assert (tmp_path / "runs").read_text() == "not a folder"
+
+
 def test_debug_shows_the_traceback(tmp_path):
     result = run_cli("metarl.train", "--env", "no-such-env", "--debug", cwd=tmp_path, timeout=60)
-    assert result.returncode != 0
-    assert "Traceback" in result.stderr and "UnknownEnvError" in result.stderr
+    assert result.returncode == 1  # the exception escapes (without --debug: 2 and one line)
+    assert result.stderr.startswith("Traceback (most recent call last):")
+    last = result.stderr.strip().splitlines()[-1]
+    assert last.startswith("metarl.registry.UnknownEnvError: unknown env 'no-such-env'"), last
 
 
 @pytest.fixture(scope="module")
@@ -368,6 +385,101 @@ def test_resume_of_a_corrupt_or_mismatched_checkpoint_is_refused(tmp_path, finis
     assert_bad_input(result, "holds no checkpoint")
 
 
+def evaluate_in_process(args: list[str], capsys) -> tuple[int, str]:
+    """``metarl.evaluate``'s exit code and stderr (argparse's errors exit from parse_args)."""
+    try:
+        code = evaluate_cli.main(args)
+    except SystemExit as exc:
+        code = exc.code
+    return code, capsys.readouterr().err
+
+
+def assert_one_line(code: int, err: str, message: str) -> None:
+    assert code == 2, err
+    assert message in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # was a traceback from the learner's meta_test (UnboundLocalError)
+        (["--adapt-steps", "-1"], "argument --adapt-steps: -1 is below the minimum 0"),
+        (["--adapt-steps", "x"], "argument --adapt-steps: invalid int value: 'x'"),
+        (["--n-tasks", "-1"], "argument --n-tasks: -1 is below the minimum 0"),
+        (["--n-tasks", "4"], "--n-tasks: 4 is more than the 3 tasks of the test pool"),
+        (["--tasks", "train", "--n-tasks", "11"],
+         "--n-tasks: 11 is more than the 10 tasks of the train pool"),
+        (["--episodes", "-1"], "argument --episodes: -1 is below the minimum 0"),  # was a traceback
+        (["--workers", "-2"], "argument --workers: -2 is below the minimum -1"),
+        (["--seed", "-1"], "argument --seed: -1 is below the minimum 0"),  # was a traceback
+        (["--seed", "1.5"], "argument --seed: invalid int value: '1.5'"),
+        (["--checkpoint", "nope"], "--checkpoint: 'nope' is not 'latest', 'best', a checkpoint"),
+        (["--checkpoint", "/no/such/file.pt"], "--checkpoint: '/no/such/file.pt' is not"),
+        (["--checkpoint", "best"], "best.pt' does not exist (the run has not meta-tested yet"),
+        (["--tasks", "val"], "argument --tasks: invalid choice: 'val'"),
+        (["--video-tasks", "0"], "argument --video-tasks: 0 is below the minimum 1"),
+        (["--video-tasks", "2"], "--video-tasks 2 needs --video or --sheet"),
+        (["--video-steps", "1"], "--video-steps 1 needs --video or --sheet"),
+        (["--video-task-ids", "1", "0"], "--video-task-ids 1 0 needs --video or --sheet"),
+        (["--sheet", "--video-tasks", "4"], "--video-tasks: 4 is more than the 3 tasks"),
+        (["--sheet", "--video-steps", "-1"], "argument --video-steps: -1 is below the minimum 0"),
+        (["--sheet", "--video-size", "10"], "argument --video-size: expected WIDTHxHEIGHT"),
+        (["--video-size", "abc"], "argument --video-size: expected WIDTHxHEIGHT"),
+        (["--protocol", "garage"], "argument --protocol: invalid choice: 'garage'"),
+        (["--protocol-evals", "0"], "argument --protocol-evals: 0 is below the minimum 1"),
+        (["--protocol-envs", "-1"], "argument --protocol-envs: -1 is below the minimum 1"),
+        (["--protocol-eval-episodes", "0"],
+         "argument --protocol-eval-episodes: 0 is below the minimum 1"),
+        (["--protocol", "metaworld", "--tasks", "train"],
+         "--tasks train does not apply to --protocol metaworld"),
+        (["--protocol", "metaworld", "--sheet"], "--sheet does not apply to --protocol metaworld"),
+        (["--protocol", "metaworld", "--adapt-steps", "0"],
+         "--adapt-steps: 0 must be >= 1 with --protocol metaworld"),
+        (["--protocol", "metaworld"], "--protocol metaworld scores Meta-World runs; this run is"),
+        (["--sampler", "slurm"], "argument --sampler: invalid choice: 'slurm'"),
+        (["--ray-address", "x:1"], "config key 'ray_address': 'x:1' needs --sampler ray"),
+        (["--no-such-flag"], "unrecognized arguments: --no-such-flag"),
+    ],
+)  # fmt: skip
+def test_bad_evaluate_flag_is_one_line_and_writes_nothing(finished_run, capsys, args, message):
+    before = fingerprint(finished_run)
+    code, err = evaluate_in_process([str(finished_run), "--workers", "0", *args], capsys)
+    assert_one_line(code, err, message)
+    assert fingerprint(finished_run) == before and not (finished_run / "eval").exists()
+
+
+@pytest.mark.parametrize("case", ["missing", "a file", "no checkpoint", "unreadable"])
+def test_bad_evaluate_run_directory_is_one_line_and_writes_nothing(
+    tmp_path, capsys, monkeypatch, case
+):
+    run_dir = tmp_path / "run"
+    if case == "a file":
+        run_dir.write_text("not a run")
+    elif case in ("no checkpoint", "unreadable"):
+        (run_dir / "checkpoints").mkdir(parents=True)
+    if case == "unreadable":  # root reads anything: deny the listing as the OS would
+        real = Path.iterdir
+
+        def denied(self):
+            if self == run_dir / "checkpoints":
+                raise PermissionError(13, "Permission denied", str(self))
+            return real(self)
+
+        monkeypatch.setattr(Path, "iterdir", denied)
+    message = {
+        "missing": f"run directory {str(run_dir)!r} does not exist",
+        "a file": f"run directory {str(run_dir)!r} is not a directory",
+        "no checkpoint": f"run directory {str(run_dir)!r} holds no checkpoint",
+        "unreadable": f"run directory {str(run_dir)!r} is unreadable: [Errno 13]",
+    }[case]
+    before = sorted(tmp_path.rglob("*"))
+    code, err = evaluate_in_process([str(run_dir), "--workers", "0"], capsys)
+    assert_one_line(code, err, message)
+    assert sorted(tmp_path.rglob("*")) == before
+
+
 # -- numerical faults ---------------------------------------------------------------------
 
 NAN_ENV = '''
@@ -422,7 +534,16 @@ def test_a_non_finite_update_is_rejected_counted_and_the_run_goes_on(
     tmp_path, monkeypatch, capsys, algo, update_class
 ):
     poison_updates(monkeypatch, update_class, calls={1})
-    args = [*TINY, *QUIET, "--algo", algo, "--checkpoint-every", "1", "--logdir", str(tmp_path)]
+    args = [
+        *args_for(algo, TINY),
+        *QUIET,
+        "--algo",
+        algo,
+        "--checkpoint-every",
+        "1",
+        "--logdir",
+        str(tmp_path),
+    ]
     assert train_cli.main([*args, "--run-name", "r"]) == 0
     run_dir = tmp_path / "r"
     assert "update of iteration 2 rejected" in capsys.readouterr().err

@@ -31,6 +31,7 @@ from metarl.loop import Progress, progress_line
 from metarl.policies import MLPSpec
 from metarl.registry import make_env, register_family
 from metarl.sampling import make_sampler
+from tests.cli_args import args_for
 from tests.counting_env import CountingTask
 
 SUCCESS_RADIUS = 0.05
@@ -362,7 +363,7 @@ def test_cli_logs_and_evaluates_success(tmp_path, algo, unit):
     family = f"{Path(__file__).stem}:SuccessNavEnv"
     result = run_module(
         "metarl.train",
-        *TINY,
+        *args_for(algo, TINY),
         "--env",
         family,
         "--algo",

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import pytest
 import torch
+from cli_args import args_for
 from metarl.envs.half_cheetah import DirectionTask
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from metarl import run as run_assembly
 from metarl import train as train_cli
 from metarl.checkpoint import load_checkpoint, periodic_checkpoints
-from metarl.config import build_config
+from metarl.configure import build_config
 from metarl.evaluate import balanced_curve, by_distinct_task
 
 TINY = [
@@ -55,7 +56,8 @@ def scalars(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
 @pytest.mark.parametrize("algo", ["maml-trpo", "maml-ppo"])
 def test_smoke_run_writes_config_events_and_checkpoints(tmp_path, algo):
     result = run_cli(
-        "metarl.train", *TINY, "--algo", algo, "--logdir", str(tmp_path), "--run-name", "r",
+        "metarl.train", *args_for(algo, TINY), "--algo", algo, "--logdir", str(tmp_path),
+        "--run-name", "r",
         cwd=tmp_path,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -179,7 +181,7 @@ def test_help_of_every_command_prints(script):
     assert result.returncode == 0, result.stderr
     assert "usage:" in result.stdout
     if script == "metarl.train":
-        assert "--trpo-fisher" in result.stdout and "~5% of them" in result.stdout
+        assert "--trpo-fisher" in result.stdout and "--trpo-fisher-subsample" in result.stdout
 
 
 def test_list_envs_shows_every_family():
@@ -222,8 +224,8 @@ def test_lr_anneal_runs_on_schedule_across_a_resume_and_a_new_rate_takes_effect(
     a run of 2 iterations resumed to 8 runs 0.01, 0.005, then 0.0075, 0.00625, ... A resume
     with another ``--ppo-lr`` uses it (Adam's saved state would otherwise bring back the old)."""
     extra = ["--rl2-minibatches", "1", "--rl2-hidden-size", "8"] if algo == "rl2" else []
-    common = [*TINY, *extra, "--algo", algo, "--ppo-lr", "0.01", "--checkpoint-every", "1",
-              "--logdir", str(tmp_path)]  # fmt: skip
+    common = [*args_for(algo, TINY), *extra, "--algo", algo, "--ppo-lr", "0.01",
+              "--checkpoint-every", "1", "--logdir", str(tmp_path)]  # fmt: skip
     assert train_cli.main([*common, "--ppo-lr-anneal", "--iterations", "2", "--run-name", "a"]) == 0
     assert train_cli.main(["--resume", str(tmp_path / "a"), "--iterations", "8"]) == 0
     rates = [v for _, v in scalars(tmp_path / "a")["ppo/lr"]]
@@ -271,7 +273,16 @@ def test_target_kl_stops_epochs_before_the_step_that_would_pass_it(tmp_path, alg
     from metarl.checkpoint import load_latest
 
     def final_policy(name: str, *extra: str) -> dict:
-        argv = [*TINY, "--algo", algo, "--logdir", str(tmp_path), "--run-name", name, *extra]
+        argv = [
+            *args_for(algo, TINY),
+            "--algo",
+            algo,
+            "--logdir",
+            str(tmp_path),
+            "--run-name",
+            name,
+            *extra,
+        ]
         if algo == "rl2":
             argv += ["--rl2-minibatches", "1", "--rl2-hidden-size", "8"]
         assert train_cli.main(argv) == 0

@@ -1,19 +1,26 @@
-"""The meta-learner protocol, what one iteration reports, and what an algorithm registers.
+"""The meta-learner protocol, its optional extensions, and what an algorithm registers.
 
 The training loop (:mod:`metarl.loop`) and the evaluator (:mod:`metarl.evaluate`)
 speak only to :class:`MetaLearner`; an algorithm is one module that defines a
 learner class, its config key groups and an :class:`Algorithm` entry, plus one
 line in :mod:`metarl.algos.registry`.
+
+What a learner may do beyond the protocol is an *extension*: a small runtime-checkable
+Protocol below (:class:`ReportsProgress`, :class:`ShowsAdaptation`,
+:class:`MetaWorldAgentMaker`). A caller asks for one through :func:`extension`, which
+gives a one-line :class:`MissingExtension` when the learner lacks it, or tests for an
+optional one with :func:`provides`; nothing else inspects a learner's attributes.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeVar, runtime_checkable
 
 import torch
 
+from metarl.options import ConfigError
 from metarl.progress import NULL_REPORTER, Reporter
 
 if TYPE_CHECKING:
@@ -74,13 +81,6 @@ class MetaLearner(Protocol):
     ``adaptation_unit`` says what the k of the return tags counts: ``"step"`` (a
     policy-gradient step: k = 0 is before adapting) or ``"episode"`` (the k-th
     episode of a trial, k = 1..K, for learners that adapt within a trial).
-
-    Optional: ``progress``, a :class:`~metarl.progress.Reporter` (give the class a
-    ``progress = NULL_REPORTER`` attribute to take one). The loop sets it to its live
-    display for the run (:func:`attach_progress`) and back to the no-op after; the
-    learner calls ``progress.phase("sampling" | "adapting" | "updating")`` at phase
-    changes and ``progress.steps(done, total)`` after each sampler call. A learner
-    without it trains the same; its display shows the loop's phases only.
     """
 
     name: str
@@ -122,11 +122,27 @@ class ActorRun:
     episodes: int = 1
 
 
-class ShowsAdaptation(Protocol):
-    """An optional extension of :class:`MetaLearner`: the policies that meta-test acts with.
+# -- extensions: optional capabilities, each asked for through `extension` -------------------
+@runtime_checkable
+class ReportsProgress(Protocol):
+    """A learner that reports its phases to the loop's live display.
 
-    :mod:`metarl.video` renders them (``python -m metarl.evaluate RUN_DIR --video``); a
-    learner without :meth:`adapted_actors` cannot be filmed, and says so in one line.
+    Who calls it: :func:`attach_progress`, from :mod:`metarl.loop`, sets ``progress`` to
+    the run's display before training and back to the no-op after. The learner calls
+    ``progress.phase("sampling" | "adapting" | "updating")`` at phase changes and
+    ``progress.steps(done, total)`` after each sampler call. Give the class a
+    ``progress: Reporter = NULL_REPORTER`` attribute to take it; a learner without it
+    trains the same, and its display shows the loop's phases only.
+    """
+
+    progress: Reporter
+
+
+@runtime_checkable
+class ShowsAdaptation(Protocol):
+    """A learner whose meta-test policies can be filmed.
+
+    Who calls it: :mod:`metarl.video`, for ``metarl evaluate RUN_DIR --video``/``--sheet``.
     """
 
     def adapted_actors(
@@ -143,12 +159,59 @@ class ShowsAdaptation(Protocol):
         ...
 
 
-def attach_progress(learner: MetaLearner, reporter: Reporter = NULL_REPORTER) -> None:
-    """Give ``learner`` the loop's ``reporter`` if it takes one (a ``progress`` attribute).
+@runtime_checkable
+class MetaWorldAgentMaker(Protocol):
+    """A learner that Meta-World's own evaluation protocol can score.
 
-    A learner without the attribute is left as it is: the hook is optional.
+    Who calls it: :mod:`metarl.metaworld_protocol`, for ``metarl evaluate RUN_DIR
+    --protocol metaworld``, once per evaluation.
     """
-    if hasattr(learner, "progress"):
+
+    def metaworld_agent(
+        self, *, n_envs: int, horizon: int, seed: int, batch_key: tuple, low: Any, high: Any
+    ) -> Any:
+        """An agent with ``metaworld.evaluation``'s interface (``init``, ``adapt_action``,
+        ``step``, ``adapt``, ``eval_action``, ``reset``) acting for ``n_envs`` sub-envs
+        as this learner's meta-test acts: noise of the sampler's ``seed`` and
+        ``batch_key``, actions clipped to ``[low, high]``."""
+        ...
+
+
+class MissingExtension(ConfigError):
+    """The learner lacks an extension a command needs: bad input, one line, exit 2."""
+
+
+Extension = TypeVar("Extension")
+
+
+def provides(learner: object, capability: type) -> bool:
+    """Whether ``learner`` has the extension ``capability`` (one of the Protocols above):
+    every member the Protocol declares. (Not ``isinstance``: its answer is cached per
+    class, so a learner class that loses a member would still pass.)"""
+    return all(hasattr(learner, name) for name in _protocol_members(capability))
+
+
+def _protocol_members(capability: type) -> set[str]:
+    """The attributes and methods a Protocol class declares (its own, not ``object``'s)."""
+    methods = {name for name, value in vars(capability).items()
+               if callable(value) and not name.startswith("_")}  # fmt: skip
+    return methods | set(getattr(capability, "__annotations__", {}))
+
+
+def extension(learner: Any, capability: type[Extension], *, purpose: str) -> Extension:
+    """``learner`` as the extension ``capability``, or a one-line :class:`MissingExtension`
+    saying that ``purpose`` (e.g. "--video") needs it."""
+    if not provides(learner, capability):
+        raise MissingExtension(
+            f"{purpose} is not available for {learner.name}: its learner does not provide "
+            f"the {capability.__name__} extension (see metarl/algos/base.py)"
+        )
+    return learner
+
+
+def attach_progress(learner: MetaLearner, reporter: Reporter = NULL_REPORTER) -> None:
+    """Give ``learner`` the loop's ``reporter`` if it takes one (:class:`ReportsProgress`)."""
+    if provides(learner, ReportsProgress):
         learner.progress = reporter
 
 
@@ -158,16 +221,22 @@ LearnerBuilder = Callable[["Config", Any, "Sampler", torch.device], MetaLearner]
 
 @dataclass(frozen=True)
 class Algorithm:
-    """One registry entry: a name and how to build the algorithm from a config.
+    """One registry entry: a name, the config groups it reads and how to build it.
 
     Attributes:
         name: the ``--algo`` name.
         summary: one line for ``--help``.
-        option_groups: the dataclasses of config keys it reads (see :mod:`metarl.options`);
-            groups may be shared by algorithms (MAML-TRPO and MAML-PPO share the inner loop's).
+        option_groups: the dataclasses of config keys it always reads (see
+            :mod:`metarl.options`); groups may be shared by algorithms.
         build_policy: ``(config, obs_dim, act_dim) -> policy``; the policy's ``spec``
             is what the sampler's workers run.
         build_learner: ``(config, policy, sampler, device) -> MetaLearner``.
+        policy_group: the group of the keys that define the policy's architecture (a
+            resumed run may not change them), or ``None``; it is one of ``option_groups``.
+        chosen_groups: optional ``keys -> groups``: more groups that depend on the run's
+            keys (the gradient family's ``outer`` picks its outer update's group).
+        defaults: this algorithm's own defaults for keys of its groups, where they differ
+            from the group's (MAML-PPO's ``outer`` is ``ppo``).
         validate: optional checks across keys, raising :class:`~metarl.options.ConfigError`.
     """
 
@@ -176,4 +245,12 @@ class Algorithm:
     option_groups: tuple[type, ...]
     build_policy: PolicyBuilder
     build_learner: LearnerBuilder
-    validate: Callable[[Config], None] | None = field(default=None)
+    policy_group: type | None = None
+    chosen_groups: Callable[[Mapping[str, Any]], tuple[type, ...]] | None = None
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    validate: Callable[[Config], None] | None = None
+
+    def groups(self, keys: Mapping[str, Any]) -> tuple[type, ...]:
+        """Every option group a run of this algorithm with the raw ``keys`` reads."""
+        chosen = self.chosen_groups(keys) if self.chosen_groups is not None else ()
+        return tuple(dict.fromkeys((*self.option_groups, *chosen)))

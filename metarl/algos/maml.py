@@ -1,15 +1,16 @@
-"""What MAML-TRPO and MAML-PPO share: the inner loop and the adaptation data.
+"""The gradient family's inner loop: sampling, adapting, and the adaptation data.
 
 One meta-iteration, for a meta-batch of T tasks and K inner steps:
 
 1. ``collect``: sample E episodes per task with the meta-policy, adapt one
-   policy-gradient step per task, sample again with the adapted policies, ...
-   K times, then sample the *validation* episodes with the final adapted
-   policies. Adaptation here is on detached parameters: it only decides which
-   policies act.
-2. The outer update (in ``maml_trpo.py`` / ``maml_ppo.py``) replays the K
-   adaptation steps from the stored episodes *differentiably*
-   (:meth:`MAMLInnerLoop.adapted_params`) and optimises the post-adaptation
+   policy-gradient step per task with the inner rule, sample again with the
+   adapted policies, ... K times, then sample the *validation* episodes with the
+   final adapted policies. Adaptation here is on detached parameters: it only
+   decides which policies act.
+2. The outer update (TRPO, PPO, Reptile's interpolation; composed in
+   :mod:`metarl.algos.gradient_family`) uses that data: TRPO and PPO replay the K
+   steps from the stored episodes *differentiably*
+   (:meth:`MAMLInnerLoop.adapted_params`) and optimise the post-adaptation
    objective on the validation episodes.
 
 Shapes: T tasks, E episodes per task, H horizon, N = E * H flattened steps.
@@ -20,24 +21,14 @@ from __future__ import annotations
 import dataclasses
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
 
 from metarl.algos.base import ActorRun, AdaptationCurve, IterationResult
-from metarl.functional import (
-    AdamState,
-    StepSize,
-    TaskParams,
-    adam_adapt,
-    adapt,
-    batched_log_prob,
-    expand_params,
-    masked_mean,
-)
-from metarl.options import option
-from metarl.policies.gaussian_mlp import GaussianMLPPolicy, MLPSpec, params_to_numpy
+from metarl.functional import TaskParams, batched_log_prob, expand_params, masked_mean
+from metarl.policies.gaussian_mlp import GaussianMLPPolicy, params_to_numpy
 from metarl.progress import NULL_REPORTER, Reporter, planned_total
 from metarl.returns import (
     LinearFeatureBaseline,
@@ -49,39 +40,7 @@ from metarl.returns import (
 from metarl.sampling.batch import EpisodeBatch
 
 if TYPE_CHECKING:
-    from metarl.config import Config
     from metarl.sampling import Sampler
-
-
-@dataclass
-class MAMLOptions:
-    """MAML inner loop: the config keys every MAML variant reads."""
-
-    inner_steps: int = option(1, "policy-gradient adaptation steps per task", min=1)
-    inner_lr: float = option(0.1, "adaptation (inner) learning rate", min=0.0)
-    first_order: bool = option(False, "drop second-order terms of the meta-gradient (FOMAML)")
-    gae_lambda: float = option(1.0, "GAE lambda", min=0.0, max=1.0)
-
-
-def build_mlp_policy(config: Config, obs_dim: int, act_dim: int) -> GaussianMLPPolicy:
-    """The Gaussian MLP policy of ``config`` (``hidden_sizes``, ``activation``, ...)."""
-    spec = MLPSpec(obs_dim, act_dim, tuple(config.hidden_sizes), config.activation)
-    return GaussianMLPPolicy(spec, init_log_std=config.init_log_std, weight_init=config.weight_init)
-
-
-def build_inner_loop(
-    config: Config, policy: GaussianMLPPolicy, sampler, device, **options
-) -> MAMLInnerLoop:
-    """The :class:`MAMLInnerLoop` of ``config``'s :class:`MAMLOptions` (``options``:
-    ``step_sizes``, ``inner_optimizer``, ``inner_steps`` to override)."""
-    settings = {
-        "inner_steps": config.inner_steps,
-        "inner_lr": config.inner_lr,
-        "first_order": config.first_order,
-        "discount": config.discount,
-        "gae_lambda": config.gae_lambda,
-    }
-    return MAMLInnerLoop(policy, sampler, device=device, **{**settings, **options})
 
 
 @dataclass
@@ -206,14 +165,22 @@ class AdaptationData:
         return AdaptationCurve(self.per_task_returns, self.per_task_infos)
 
 
-class LearnedStepSizes(Protocol):
-    """Step sizes the outer loop meta-trains with the policy (Meta-SGD's alpha)."""
+class InnerRule(Protocol):
+    """How one inner step moves each task's parameters, for acting (no graph kept).
 
-    def as_dict(self, *, detach: bool) -> dict[str, torch.Tensor]:
-        """One step-size tensor per policy parameter, of that parameter's shape."""
+    Rules: :class:`~metarl.algos.gradient_family.SGDRule` (MAML),
+    :class:`~metarl.algos.meta_sgd.PerParameterStepSizes` (Meta-SGD),
+    :class:`~metarl.algos.reptile.AdamRule` (Reptile's option).
+    """
+
+    def act_step(self, params: TaskParams, loss, state: Any) -> tuple[TaskParams, Any]:
+        """Parameters after one first-order step on ``loss`` (``params -> [T]`` losses),
+        and the rule's state for the next step of the same tasks (``None`` to start)."""
         ...
 
-    def parameters(self): ...
+    def parameters(self) -> list[torch.nn.Parameter]:
+        """What the outer loop meta-trains besides the policy (learned step sizes), if any."""
+        ...
 
     def stats(self) -> dict[str, float]:
         """Scalars to log each iteration (e.g. the step sizes' mean, min and max)."""
@@ -221,70 +188,63 @@ class LearnedStepSizes(Protocol):
 
     def state_dict(self) -> dict: ...
 
-    def load_state_dict(self, state: dict) -> object: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+class DifferentiableRule(InnerRule, Protocol):
+    """A rule the outer update can differentiate through (TRPO and PPO need one)."""
+
+    def replay_step(
+        self, params: TaskParams, loss, *, first_order: bool, create_graph: bool
+    ) -> TaskParams:
+        """One step on ``loss`` from ``params``: differentiable w.r.t. the meta-parameters
+        (second order unless ``first_order``; the rule's own parameters as constants
+        without ``create_graph``)."""
+        ...
 
 
 class MAMLInnerLoop:
     """Collects adaptation data and replays the inner loop differentiably.
 
-    The inner step is plain gradient descent at ``inner_lr``, or at learned
-    per-parameter ``step_sizes`` (Meta-SGD), or, for data collection only
-    (Reptile), first-order Adam at ``inner_lr`` with ``inner_optimizer="adam"``.
+    The inner step is the ``rule``'s: plain gradient descent, learned per-parameter
+    step sizes, or (for acting only, as Reptile may) Adam.
     """
 
     def __init__(
         self,
         policy: GaussianMLPPolicy,
         sampler: Sampler,
+        rule: InnerRule,
         *,
         inner_steps: int,
-        inner_lr: float,
         first_order: bool,
         discount: float,
         gae_lambda: float,
         device: torch.device,
-        step_sizes: LearnedStepSizes | None = None,
-        inner_optimizer: str = "sgd",
     ) -> None:
-        if inner_optimizer not in ("sgd", "adam"):
-            raise ValueError(f"inner_optimizer must be 'sgd' or 'adam', got {inner_optimizer!r}")
-        if inner_optimizer == "adam" and step_sizes is not None:
-            raise ValueError("learned step sizes are for plain gradient steps, not Adam")
         self.policy = policy
         self.sampler = sampler
+        self.rule = rule
         self.inner_steps = inner_steps
-        self.inner_lr = inner_lr
         self.first_order = first_order
         self.discount = discount
         self.gae_lambda = gae_lambda
         self.device = device
-        self.step_sizes = step_sizes
-        self.inner_optimizer = inner_optimizer
 
     def meta_parameters(self) -> list[torch.nn.Parameter]:
-        """What the outer loop optimises: the policy's parameters, then any learned step sizes."""
-        params = list(self.policy.parameters())
-        if self.step_sizes is not None:
-            params += list(self.step_sizes.parameters())
-        return params
-
-    def step_size(self, *, detach: bool) -> StepSize:
-        """The inner learning rate: ``inner_lr``, or the learned per-parameter step sizes."""
-        if self.step_sizes is None:
-            return self.inner_lr
-        return self.step_sizes.as_dict(detach=detach)
+        """What the outer loop optimises: the policy's parameters, then the rule's, if any."""
+        return [*self.policy.parameters(), *self.rule.parameters()]
 
     def stats(self) -> dict[str, float]:
-        """The learned step sizes' statistics, if any."""
-        return {} if self.step_sizes is None else self.step_sizes.stats()
+        """The rule's statistics (learned step sizes), if any."""
+        return self.rule.stats()
 
     def state_dict(self) -> dict:
-        """The learned step sizes, if any (the rest is settings)."""
-        return {} if self.step_sizes is None else {"step_sizes": self.step_sizes.state_dict()}
+        """The rule's learned state, if any (the rest is settings)."""
+        return self.rule.state_dict()
 
     def load_state_dict(self, state: dict) -> None:
-        if self.step_sizes is not None:
-            self.step_sizes.load_state_dict(state["step_sizes"])
+        self.rule.load_state_dict(state)
 
     def _process(self, batch: EpisodeBatch) -> ProcessedBatch:
         return process_batch(
@@ -292,22 +252,18 @@ class MAMLInnerLoop:
         )
 
     def inner_step(
-        self, params: TaskParams, batch: EpisodeBatch, adam_state: AdamState | None = None
-    ) -> tuple[TaskParams, AdamState | None, ProcessedBatch]:
+        self, params: TaskParams, batch: EpisodeBatch, rule_state: Any = None
+    ) -> tuple[TaskParams, Any, ProcessedBatch]:
         """One first-order inner step of every task on ``batch`` (``[T, E, H]`` episodes).
 
         What acting between sampler calls uses (the returned parameters only choose who
-        acts next): a gradient step at the step size, or Adam at ``inner_lr`` with the
-        moments in ``adam_state``. Returns the new parameters, the Adam state and the
+        acts next). Returns the new parameters, the rule's state (Adam's moments) and the
         processed batch (advantages fitted by the baseline).
         """
         data = self._process(batch)
-        loss = reinforce_loss(self.policy, data)
-        if self.inner_optimizer == "adam":
-            params, adam_state = adam_adapt(params, loss, lr=self.inner_lr, state=adam_state)
-        else:
-            params = adapt(params, loss, lr=self.step_size(detach=True), first_order=True)
-        return params, adam_state, data
+        params, rule_state = self.rule.act_step(params, reinforce_loss(self.policy, data),
+                                                rule_state)  # fmt: skip
+        return params, rule_state, data
 
     def collect(
         self,
@@ -331,7 +287,7 @@ class MAMLInnerLoop:
         per_task_infos: dict[str, list[torch.Tensor]] = {}  # key -> K + 1 of [T]
         acting = []  # the numpy parameters each step sampled with, kept for adapted_actors
         t_sample = t_adapt = 0.0
-        adam_state: AdamState | None = None  # Reptile's Adam: fresh moments per task and call
+        rule_state = None  # e.g. Adam's moments: fresh per task and call
         per_call = len(tasks) * episodes_per_task * self.sampler.horizon  # a call's budget
         progress.steps(0, planned_total(0, adapt_steps + 1, per_call))
         for k in range(adapt_steps + 1):
@@ -355,7 +311,7 @@ class MAMLInnerLoop:
                 infos_per_step.setdefault(key, []).append(float(values.mean()))
                 per_task_infos.setdefault(key, []).append(values.mean(dim=1))
             if k < adapt_steps:
-                params, adam_state, data = self.inner_step(params, batch, adam_state)
+                params, rule_state, data = self.inner_step(params, batch, rule_state)
                 train.append(data)
             else:
                 data = self._process(batch)
@@ -413,15 +369,13 @@ class MAMLInnerLoop:
         w.r.t. the meta-parameters including the inner Hessian terms; with
         ``first_order`` the inner gradients are constants.
         """
-        if self.inner_optimizer != "sgd":
-            raise ValueError("the inner loop is replayed differentiably only for gradient steps")
         n_tasks = train[0].observations.shape[0]
         params = expand_params(self.policy.params(), n_tasks)
         first_order = self.first_order or not create_graph
-        lr = self.step_size(detach=not create_graph)
         for data in train:
             loss = reinforce_loss(self.policy, data)
-            params = adapt(params, loss, lr=lr, first_order=first_order)
+            params = self.rule.replay_step(params, loss, first_order=first_order,
+                                           create_graph=create_graph)  # fmt: skip
         return params
 
 
@@ -448,71 +402,3 @@ def iteration_result(
         kl=kl,
         infos_per_step=data.infos_per_step,
     )
-
-
-class MAML:
-    """A MAML meta-learner: the shared inner loop composed with an outer update.
-
-    ``outer`` is a :class:`~metarl.algos.maml_trpo.TRPOUpdate` or
-    :class:`~metarl.algos.maml_ppo.PPOUpdate`: anything with
-    ``update(data, iteration) -> dict[str, float]``, ``state_dict()``,
-    ``load_state_dict()`` and the two scalar names ``kl_key`` (its headline KL)
-    and ``rejected_key`` (> 0 when it rejected a non-finite update).
-    """
-
-    adaptation_unit = "step"  # what the k of return_step_k counts
-    progress: Reporter = NULL_REPORTER  # the loop's display while it trains (see MetaLearner)
-
-    def __init__(self, name: str, inner: MAMLInnerLoop, outer, *, episodes_per_task: int) -> None:
-        self.name = name
-        self.inner = inner
-        self.outer = outer
-        self.policy = inner.policy
-        self.episodes_per_task = episodes_per_task
-
-    def train_iteration(self, tasks: list, iteration: int) -> IterationResult:
-        data = self.inner.collect(
-            tasks,
-            episodes_per_task=self.episodes_per_task,
-            batch_key=(iteration, "train"),
-            progress=self.progress,
-        )
-        self.progress.phase("updating")
-        start = time.perf_counter()
-        scalars = self.outer.update(data, iteration)
-        scalars.update(self.inner.stats())
-        return iteration_result(
-            data,
-            scalars,
-            update_seconds=time.perf_counter() - start,
-            rejected=scalars.get(self.outer.rejected_key, 0.0) > 0,
-            kl=scalars.get(self.outer.kl_key),
-        )
-
-    def meta_test(
-        self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
-    ) -> AdaptationCurve:
-        """Each task's returns and infos after k = 0..adapt_steps steps: ``[K + 1, T]``."""
-        return self.inner.meta_test(
-            tasks, adapt_steps=adapt_steps, episodes_per_task=episodes_per_task, batch_key=batch_key
-        )
-
-    def adapted_actors(
-        self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
-    ) -> list[list[ActorRun]]:
-        """The policy before and after each inner step: :meth:`MAMLInnerLoop.adapted_actors`."""
-        return self.inner.adapted_actors(
-            tasks, adapt_steps=adapt_steps, episodes_per_task=episodes_per_task, batch_key=batch_key
-        )
-
-    def state_dict(self) -> dict:
-        return {
-            "policy": self.policy.state_dict(),
-            "outer": self.outer.state_dict(),
-            "inner": self.inner.state_dict(),
-        }
-
-    def load_state_dict(self, state: dict) -> None:
-        self.policy.load_state_dict(state["policy"])
-        self.outer.load_state_dict(state["outer"])
-        self.inner.load_state_dict(state.get("inner", {}))  # absent before Meta-SGD existed

@@ -13,15 +13,8 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from metarl.algos.base import Algorithm
-from metarl.algos.maml import (
-    MAML,
-    AdaptationData,
-    MAMLInnerLoop,
-    MAMLOptions,
-    build_inner_loop,
-    build_mlp_policy,
-)
+from metarl.algos.gradient_family import SGD, OuterSpec, gradient_member, replay_steps
+from metarl.algos.maml import AdaptationData, MAMLInnerLoop
 from metarl.algos.ppo import PPOOptions, lr_anneal_iterations
 from metarl.functional import batched_log_prob, masked_mean
 from metarl.optim import apply_scheduled_lr, clipped_surrogate, past_kl_target
@@ -112,26 +105,23 @@ class PPOUpdate:
 
 def build_ppo_update(config: Config, inner: MAMLInnerLoop) -> PPOUpdate:
     """The PPO outer update of ``config``'s :class:`PPOOptions` around ``inner``."""
+    options = config.group(PPOOptions)
     return PPOUpdate(
         inner,
-        epochs=config.ppo_epochs,
-        clip=config.ppo_clip,
-        lr=config.ppo_lr,
-        target_kl=config.ppo_target_kl,
-        lr_anneal_iterations=lr_anneal_iterations(config),
+        epochs=options.ppo_epochs,
+        clip=options.ppo_clip,
+        lr=options.ppo_lr,
+        target_kl=options.ppo_target_kl,
+        lr_anneal_iterations=lr_anneal_iterations(options, config.iterations),
     )
 
 
-def build_maml_ppo(config: Config, policy, sampler, device: torch.device) -> MAML:
-    """MAML-PPO from ``config``'s :class:`MAMLOptions` and :class:`PPOOptions`."""
-    outer = build_ppo_update(config, build_inner_loop(config, policy, sampler, device))
-    return MAML("maml-ppo", outer.inner, outer, episodes_per_task=config.episodes_per_task)
+PPO = OuterSpec("ppo", (PPOOptions,), replay_steps, build_ppo_update)
+"""The PPO outer update, for any gradient-family member with a differentiable rule."""
 
-
-ALGORITHM = Algorithm(
-    name="maml-ppo",
-    summary="MAML with a clipped-surrogate (PPO) outer loop, ProMP-style",
-    option_groups=(MAMLOptions, PPOOptions),
-    build_policy=build_mlp_policy,
-    build_learner=build_maml_ppo,
+ALGORITHM = gradient_member(
+    "maml-ppo",
+    "MAML with a clipped-surrogate (PPO) outer loop, ProMP-style",
+    rule=SGD,
+    outers=(PPO,),
 )

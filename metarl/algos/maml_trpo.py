@@ -17,16 +17,8 @@ from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 
-from metarl.algos.base import Algorithm
-from metarl.algos.maml import (
-    MAML,
-    AdaptationData,
-    MAMLInnerLoop,
-    MAMLOptions,
-    build_inner_loop,
-    build_mlp_policy,
-    task_subset,
-)
+from metarl.algos.gradient_family import SGD, OuterSpec, gradient_member, replay_steps
+from metarl.algos.maml import AdaptationData, MAMLInnerLoop, task_subset
 from metarl.functional import batched_kl, batched_mean, diag_gaussian_kl, expand_params, masked_mean
 from metarl.optim import (
     backtracking_line_search,
@@ -43,23 +35,25 @@ if TYPE_CHECKING:
 
 @dataclass
 class TRPOOptions:
-    """MAML-TRPO outer loop: the config keys of the trust-region step."""
+    """TRPO outer update: the config keys of the trust-region step"""
 
-    max_kl: float = option(0.01, "TRPO trust region: max mean KL of the adapted policies", min=0.0)
-    cg_iters: int = option(10, "conjugate-gradient iterations", min=1)
-    cg_damping: float = option(1e-5, "damping added to the Fisher-vector product", min=0.0)
+    trpo_max_kl: float = option(
+        0.01, "TRPO trust region: max mean KL of the adapted policies", min=0.0
+    )
+    trpo_cg_iters: int = option(10, "conjugate-gradient iterations", min=1)
+    trpo_cg_damping: float = option(1e-5, "damping added to the Fisher-vector product", min=0.0)
     trpo_fisher: str = option(
         "full",
         "Fisher for the natural gradient: 'full' = the KL differentiated through the inner "
         "loop (as pytorch-maml-rl and learn2learn); 'adapted' = the inner step held fixed "
-        "(update 3-5x cheaper, but once the meta-policy is trained its steps overshoot the KL "
-        "bound and the line search keeps ~5% of them: halfcheetah-dir learns ~10x slower)",
+        "(a cheaper update, but once the meta-policy is trained its steps overshoot the KL "
+        "bound and the line search keeps few of them, so it learns much more slowly)",
         choices=("adapted", "full"),
     )
-    fisher_subsample: float = option(
+    trpo_fisher_subsample: float = option(
         1.0,
         "fraction of the meta-batch's tasks (every k-th) whose KL Hessian is the Fisher: "
-        "its products, ~90% of the update, then run through fewer tasks' inner loops",
+        "its products, most of the update's time, then run through fewer tasks' inner loops",
         min=0.01,
         max=1.0,
     )
@@ -67,15 +61,22 @@ class TRPOOptions:
         4,
         "tasks per chunk of the surrogate, the KL and their Hessian-vector products, which "
         "are summed over chunks: no tensor then holds the whole meta-batch, and each "
-        "product works in a chunk's smaller tensors (the same numbers to float rounding; "
-        "at 40 tasks x 20 episodes the update took 0.5-0.6x the time of one chunk); "
+        "product works in a chunk's smaller tensors (the same numbers to float rounding); "
         "0 = the whole meta-batch at once",
         min=0,
     )
-    ls_max_backtracks: int = option(15, "line search: maximum tries", min=1)
-    ls_backtrack_ratio: float = option(
+    trpo_ls_max_backtracks: int = option(15, "line search: maximum tries", min=1)
+    trpo_ls_backtrack_ratio: float = option(
         0.8, "line search: step shrink factor (0.8 as pytorch-maml-rl)", min=0.0, max=1.0
     )
+    RENAMED = {
+        "max_kl": "trpo_max_kl",
+        "cg_iters": "trpo_cg_iters",
+        "cg_damping": "trpo_cg_damping",
+        "fisher_subsample": "trpo_fisher_subsample",
+        "ls_max_backtracks": "trpo_ls_max_backtracks",
+        "ls_backtrack_ratio": "trpo_ls_backtrack_ratio",
+    }
 
 
 class OldPolicy(NamedTuple):
@@ -166,18 +167,6 @@ class TRPOUpdate:
                 loss_c, kl_c = loss_c.detach(), kl_c.detach()
             loss, kl = loss + loss_c, kl + kl_c
         return loss / n_tasks, kl / n_tasks
-
-    def _fisher_kl(self, data: AdaptationData, full_kl: torch.Tensor) -> torch.Tensor:
-        """The mean KL whose Hessian is the Fisher, every chunk at once (``full_kl``, the
-        mean KL of :meth:`_surrogate_and_kl`, when that is it); the update takes the same
-        KL chunk by chunk."""
-        if self.fisher == "full" and self.fisher_stride == 1:
-            return full_kl
-        n_tasks = data.valid.observations.shape[0]
-        chunks = self._chunks(n_tasks, self.fisher_stride)
-        return sum(self._fisher_kl_sum(data, t) for t in chunks) / len(
-            range(0, n_tasks, self.fisher_stride)
-        )
 
     def _fisher_kl_sum(self, data: AdaptationData, tasks: slice) -> torch.Tensor:
         """The KL of ``tasks`` whose Hessian preconditions the step (``trpo_fisher``), summed.
@@ -273,29 +262,26 @@ class TRPOUpdate:
 
 def build_trpo_update(config: Config, inner: MAMLInnerLoop) -> TRPOUpdate:
     """The TRPO outer update of ``config``'s :class:`TRPOOptions` around ``inner``."""
+    options = config.group(TRPOOptions)
     return TRPOUpdate(
         inner,
-        max_kl=config.max_kl,
-        cg_iters=config.cg_iters,
-        cg_damping=config.cg_damping,
-        ls_max_backtracks=config.ls_max_backtracks,
-        ls_backtrack_ratio=config.ls_backtrack_ratio,
-        fisher=config.trpo_fisher,
-        fisher_subsample=config.fisher_subsample,
-        chunk_tasks=config.trpo_chunk_tasks,
+        max_kl=options.trpo_max_kl,
+        cg_iters=options.trpo_cg_iters,
+        cg_damping=options.trpo_cg_damping,
+        ls_max_backtracks=options.trpo_ls_max_backtracks,
+        ls_backtrack_ratio=options.trpo_ls_backtrack_ratio,
+        fisher=options.trpo_fisher,
+        fisher_subsample=options.trpo_fisher_subsample,
+        chunk_tasks=options.trpo_chunk_tasks,
     )
 
 
-def build_maml_trpo(config: Config, policy, sampler, device: torch.device) -> MAML:
-    """MAML-TRPO from ``config``'s :class:`MAMLOptions` and :class:`TRPOOptions`."""
-    outer = build_trpo_update(config, build_inner_loop(config, policy, sampler, device))
-    return MAML("maml-trpo", outer.inner, outer, episodes_per_task=config.episodes_per_task)
+TRPO = OuterSpec("trpo", (TRPOOptions,), replay_steps, build_trpo_update)
+"""The TRPO outer update, for any gradient-family member with a differentiable rule."""
 
-
-ALGORITHM = Algorithm(
-    name="maml-trpo",
-    summary="MAML with a trust-region (TRPO) outer step, second order unless --first-order",
-    option_groups=(MAMLOptions, TRPOOptions),
-    build_policy=build_mlp_policy,
-    build_learner=build_maml_trpo,
+ALGORITHM = gradient_member(
+    "maml-trpo",
+    "MAML with a trust-region (TRPO) outer step, second order unless --inner-first-order",
+    rule=SGD,
+    outers=(TRPO,),
 )

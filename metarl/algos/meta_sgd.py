@@ -1,42 +1,29 @@
 """Meta-SGD (Li et al. 2017) for RL: MAML whose inner step size is learned, one per parameter.
 
-The inner step is ``phi = theta - alpha * grad L(theta)`` (elementwise), with
-``alpha`` a tensor of each parameter's shape, initialised to ``inner_lr``. The
-outer loop, TRPO or PPO exactly as for MAML (``meta_sgd_outer``), meta-trains
-``alpha`` with ``theta`` through the same second-order path: ``alpha`` is one
-more entry of :meth:`~metarl.algos.maml.MAMLInnerLoop.meta_parameters`. With
-``alpha`` frozen at ``inner_lr`` everything is MAML's. ``alpha`` is unconstrained,
-as in the paper (a negative entry steps up that coordinate's gradient).
+A gradient-family member (:mod:`metarl.algos.gradient_family`): the inner rule
+:class:`PerParameterStepSizes`, ``phi = theta - alpha * grad L(theta)`` (elementwise),
+with ``alpha`` a tensor of each parameter's shape, initialised to ``inner_lr``; the
+outer update, TRPO (default) or PPO as for MAML (``--outer``), meta-trains ``alpha``
+with ``theta`` through the same second-order path: ``alpha`` is one more entry of
+:meth:`~metarl.algos.maml.MAMLInnerLoop.meta_parameters`. With ``alpha`` frozen at
+``inner_lr`` everything is MAML's. ``alpha`` is unconstrained, as in the paper (a
+negative entry steps up that coordinate's gradient).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from metarl.algos.base import Algorithm
-from metarl.algos.maml import MAML, MAMLOptions, build_inner_loop, build_mlp_policy
-from metarl.algos.maml_ppo import build_ppo_update
-from metarl.algos.maml_trpo import TRPOOptions, build_trpo_update
-from metarl.algos.ppo import PPOOptions
-from metarl.options import option
+from metarl.algos.gradient_family import InnerLoopOptions, RuleSpec, gradient_member
+from metarl.algos.maml_ppo import PPO
+from metarl.algos.maml_trpo import TRPO
+from metarl.functional import TaskParams, adapt
 
 if TYPE_CHECKING:
     from metarl.config import Config
-
-
-@dataclass
-class MetaSGDOptions:
-    """Meta-SGD: which outer loop meta-trains the step sizes with the policy."""
-
-    meta_sgd_outer: str = option(
-        "trpo",
-        "Meta-SGD's outer loop: 'trpo' (the MAML-TRPO keys) or 'ppo' (the PPO keys)",
-        choices=("trpo", "ppo"),
-    )
 
 
 class PerParameterStepSizes(nn.Module):
@@ -67,19 +54,46 @@ class PerParameterStepSizes(nn.Module):
         return out
 
 
-def build_meta_sgd(config: Config, policy, sampler, device: torch.device) -> MAML:
-    """Meta-SGD from ``config``: MAML's inner loop with learned step sizes, TRPO or PPO outside."""
-    step_sizes = PerParameterStepSizes(policy, config.inner_lr).to(device)
-    inner = build_inner_loop(config, policy, sampler, device, step_sizes=step_sizes)
-    build_outer = build_trpo_update if config.meta_sgd_outer == "trpo" else build_ppo_update
-    return MAML("meta-sgd", inner, build_outer(config, inner),
-                episodes_per_task=config.episodes_per_task)  # fmt: skip
+class LearnedStepRule:
+    """Meta-SGD's inner rule: ``theta - alpha * grad`` with the learned ``alpha``."""
+
+    def __init__(self, step_sizes: PerParameterStepSizes) -> None:
+        self.step_sizes = step_sizes
+
+    def act_step(self, params: TaskParams, loss, state: Any) -> tuple[TaskParams, Any]:
+        """The step with ``alpha`` as constants: what the sampler acts with."""
+        return adapt(params, loss, lr=self.step_sizes.as_dict(detach=True),
+                     first_order=True), None  # fmt: skip
+
+    def replay_step(
+        self, params: TaskParams, loss, *, first_order: bool, create_graph: bool
+    ) -> TaskParams:
+        """The same step, differentiable w.r.t. ``alpha`` too when ``create_graph``."""
+        return adapt(params, loss, lr=self.step_sizes.as_dict(detach=not create_graph),
+                     first_order=first_order)  # fmt: skip
+
+    def parameters(self) -> list[nn.Parameter]:
+        return list(self.step_sizes.parameters())
+
+    def stats(self) -> dict[str, float]:
+        return self.step_sizes.stats()
+
+    def state_dict(self) -> dict:
+        return {"step_sizes": self.step_sizes.state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step_sizes.load_state_dict(state["step_sizes"])
 
 
-ALGORITHM = Algorithm(
-    name="meta-sgd",
-    summary="Meta-SGD: MAML with a learned per-parameter inner step size (TRPO or PPO outside)",
-    option_groups=(MAMLOptions, TRPOOptions, PPOOptions, MetaSGDOptions),
-    build_policy=build_mlp_policy,
-    build_learner=build_meta_sgd,
+def learned_step_sizes(config: Config, policy: nn.Module, device: torch.device) -> LearnedStepRule:
+    """Meta-SGD's rule: step sizes of the policy's shapes, initialised to ``inner_lr``."""
+    alpha = PerParameterStepSizes(policy, config.group(InnerLoopOptions).inner_lr)
+    return LearnedStepRule(alpha.to(device))
+
+
+ALGORITHM = gradient_member(
+    "meta-sgd",
+    "Meta-SGD: MAML with a learned per-parameter inner step size (TRPO or PPO outside)",
+    rule=RuleSpec(groups=(), build=learned_step_sizes),
+    outers=(TRPO, PPO),
 )

@@ -47,7 +47,7 @@ from __future__ import annotations
 import copy
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -56,6 +56,7 @@ from torch import nn
 
 from metarl.algos.base import AdaptationCurve, Algorithm, IterationResult
 from metarl.algos.pearl_replay import TaskReplay
+from metarl.envs.base import HasDenseTrainingReward
 from metarl.options import ConfigError, option
 from metarl.policies.tanh_gaussian import (
     TanhGaussianPolicy,
@@ -78,14 +79,22 @@ POLICY_STD_REG = 1e-3
 
 @dataclass
 class PEARLOptions:
-    """PEARL: the encoder, SAC and data schedule (CPU-sized; the paper's values in brackets)."""
+    """PEARL: the encoder, SAC and data schedule (CPU-sized; the paper's values in brackets)"""
 
-    pearl_latent_dim: int = option(5, "PEARL: dimension of the task latent z [5]", min=1)
+    pearl_latent_dim: int = option(
+        5, "PEARL: dimension of the task latent z [5]", min=1, identity=True
+    )
     pearl_hidden_sizes: tuple = option(
-        (64, 64), "PEARL: hidden sizes of the policy, Q and V networks [300 300 300]"
+        (64, 64),
+        "PEARL: hidden sizes of the policy, Q and V networks [300 300 300]",
+        min=1,
+        identity=True,
     )
     pearl_encoder_hidden_sizes: tuple = option(
-        (64, 64), "PEARL: hidden sizes of the context encoder [200 200 200]"
+        (64, 64),
+        "PEARL: hidden sizes of the context encoder [200 200 200]",
+        min=1,
+        identity=True,
     )
     pearl_kl_lambda: float = option(0.1, "PEARL: weight of the KL of q(z|c) to N(0, I) [0.1]",
                                     min=0.0)  # fmt: skip
@@ -611,14 +620,11 @@ def pad_contexts(contexts: list[list[torch.Tensor]]) -> tuple[torch.Tensor, torc
 
 
 # -- the registry entry --------------------------------------------------------------------
-def options_of(config: Config) -> PEARLOptions:
-    """The :class:`PEARLOptions` of a config (its ``pearl_*`` keys)."""
-    return PEARLOptions(**{f.name: getattr(config, f.name) for f in fields(PEARLOptions)})
-
-
 def build_pearl_policy(config: Config, obs_dim: int, act_dim: int) -> TanhGaussianPolicy:
     """The tanh-Gaussian policy of ``[s, z]`` (``pearl_hidden_sizes``, ``pearl_latent_dim``)."""
-    spec = TanhGaussianSpec(obs_dim, act_dim, config.pearl_latent_dim, config.pearl_hidden_sizes)
+    options = config.group(PEARLOptions)
+    spec = TanhGaussianSpec(obs_dim, act_dim, options.pearl_latent_dim,
+                            options.pearl_hidden_sizes)  # fmt: skip
     return TanhGaussianPolicy(spec)
 
 
@@ -629,21 +635,21 @@ def family_dense_reward(config: Config) -> DenseReward:
     env = make_env(config.env, **config.env_kwargs)
     try:
         family = env.unwrapped
-        hook = getattr(type(family), "dense_training_reward", None)
-        if not callable(hook):
+        if not isinstance(family, HasDenseTrainingReward):
             raise ConfigError(
                 f"pearl_dense_sac_reward: {config.env!r} ({type(family).__name__}) defines no "
                 "dense_training_reward(task, next_obs); drop the option or add the method"
             )
-        return hook
+        return type(family).dense_training_reward
     finally:
         env.close()
 
 
 def build_pearl(config: Config, policy: TanhGaussianPolicy, sampler, device: torch.device):
     """PEARL from ``config``'s :class:`PEARLOptions` and its ``discount``."""
-    dense = family_dense_reward(config) if config.pearl_dense_sac_reward else None
-    return PEARL(policy, sampler, options=options_of(config), discount=config.discount,
+    options = config.group(PEARLOptions)
+    dense = family_dense_reward(config) if options.pearl_dense_sac_reward else None
+    return PEARL(policy, sampler, options=options, discount=config.discount,
                  seed=config.seed, device=device, dense_reward=dense)  # fmt: skip
 
 
@@ -651,6 +657,7 @@ ALGORITHM = Algorithm(
     name="pearl",
     summary="PEARL: SAC on a task latent inferred by a permutation-invariant context encoder",
     option_groups=(PEARLOptions,),
+    policy_group=PEARLOptions,
     build_policy=build_pearl_policy,
     build_learner=build_pearl,
 )

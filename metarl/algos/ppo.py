@@ -3,17 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from metarl.options import option
-
-if TYPE_CHECKING:
-    from metarl.config import Config
 
 
 @dataclass
 class PPOOptions:
-    """PPO update: the config keys of MAML-PPO's outer loop and RL2's policy update."""
+    """PPO update: the config keys of the PPO outer update and RL2's policy update"""
 
     ppo_epochs: int = option(5, "PPO epochs over each meta-batch", min=1)
     ppo_clip: float = option(0.2, "PPO ratio clip epsilon", min=0.0)
@@ -32,6 +28,6 @@ class PPOOptions:
     )
 
 
-def lr_anneal_iterations(config: Config) -> int:
-    """The length of the PPO rate's linear anneal: the configured iterations, or 0 (constant)."""
-    return config.iterations if config.ppo_lr_anneal else 0
+def lr_anneal_iterations(options: PPOOptions, iterations: int) -> int:
+    """The length of the PPO rate's linear anneal: the run's ``iterations``, or 0 (constant)."""
+    return iterations if options.ppo_lr_anneal else 0

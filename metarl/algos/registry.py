@@ -2,9 +2,9 @@
 
 Each module named in :data:`ALGORITHMS` defines ``ALGORITHM``, an
 :class:`~metarl.algos.base.Algorithm`: its config key groups, how to build its
-policy and its learner, and its own cross-key checks. ``--algo``'s choices,
-:data:`metarl.config.ALGOS`, the config keys and ``--help``'s flag groups all
-come from here. Modules are imported on first use, so importing this one is cheap.
+policy and its learner, and its own cross-key checks. ``--algo``'s choices, a
+run's config keys (:mod:`metarl.configure`) and ``--help``'s flag groups all come
+from here. Modules are imported on first use, so importing this one is cheap.
 """
 
 from __future__ import annotations
@@ -42,15 +42,6 @@ def algorithm(name: str) -> Algorithm:
 def algorithms() -> list[Algorithm]:
     """Every registered algorithm, in registry order."""
     return [algorithm(name) for name in ALGORITHMS]
-
-
-def option_groups() -> dict[type, list[str]]:
-    """Each config key group, in first-use order, with the algorithms that read it."""
-    groups: dict[type, list[str]] = {}
-    for entry in algorithms():
-        for group in entry.option_groups:
-            groups.setdefault(group, []).append(entry.name)
-    return groups
 
 
 def build_policy(config: Config, obs_dim: int, act_dim: int) -> Any:

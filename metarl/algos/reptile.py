@@ -9,31 +9,32 @@ One meta-iteration, for a meta-batch of T tasks:
 2. ``theta <- theta + epsilon * mean over tasks of (phi_k - theta)``
    (:func:`reptile_step`), epsilon annealed linearly if asked.
 
-The inner optimiser is plain gradient descent at ``inner_lr`` (MAML's inner
-step) or Adam at ``inner_lr`` with fresh moments per task, as in the paper.
-Meta-testing adapts exactly as training does: ``eval_adapt_steps`` inner steps.
+A gradient-family member (:mod:`metarl.algos.gradient_family`): the inner rule is
+plain gradient descent at ``inner_lr`` (MAML's) or :class:`AdamRule` at ``inner_lr``
+with fresh moments per task, as in the paper (``reptile_inner_optimizer``); the
+outer update is :class:`ReptileUpdate`. Meta-testing adapts exactly as training
+does: ``eval_adapt_steps`` inner steps.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import torch
 
-from metarl.algos.base import ActorRun, AdaptationCurve, Algorithm, IterationResult
-from metarl.algos.maml import (
-    MAMLInnerLoop,
-    MAMLOptions,
-    build_inner_loop,
-    build_mlp_policy,
-    iteration_result,
+from metarl.algos.gradient_family import (
+    InnerLoopOptions,
+    OuterSpec,
+    RuleSpec,
+    SGDRule,
+    gradient_member,
 )
-from metarl.functional import TaskParams
+from metarl.algos.maml import AdaptationData, MAMLInnerLoop
+from metarl.functional import AdamState, TaskParams, adam_adapt
 from metarl.optim import scheduled_lr
-from metarl.options import ConfigError, option
+from metarl.options import option
 
 if TYPE_CHECKING:
     from metarl.config import Config
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 @dataclass
 class ReptileOptions:
-    """Reptile: the config keys of its inner steps and its outer step."""
+    """Reptile outer update: the config keys of its inner steps and its outer step"""
 
     reptile_inner_steps: int = option(
         3, "Reptile: policy-gradient steps per task from theta before the outer step (k)", min=1
@@ -77,112 +78,98 @@ def reptile_step(
         return {k: theta[k] + outer_lr * (adapted[k] - theta[k]).mean(0) for k in theta}
 
 
-class Reptile:
-    """The Reptile meta-learner (a :class:`~metarl.algos.base.MetaLearner`)."""
+class AdamRule:
+    """Reptile's optional inner rule: Adam at ``lr`` with fresh moments per task and call.
 
-    name = "reptile"
-    adaptation_unit = "step"  # a policy-gradient step, as for MAML
+    For acting only: Adam's step is not differentiated through, so it pairs with
+    Reptile's outer update alone.
+    """
+
+    def __init__(self, lr: float) -> None:
+        self.lr = lr
+
+    def act_step(
+        self, params: TaskParams, loss, state: AdamState | None
+    ) -> tuple[TaskParams, AdamState]:
+        return adam_adapt(params, loss, lr=self.lr, state=state)
+
+    def parameters(self) -> list[torch.nn.Parameter]:
+        return []
+
+    def stats(self) -> dict[str, float]:
+        return {}
+
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Nothing to restore: the moments start afresh per task."""
+
+
+class ReptileUpdate:
+    """Reptile's outer update: ``theta += epsilon * mean_t(phi_t - theta)``, in place."""
+
+    kl_key = None
+    rejected_key = "reptile/rejected_nonfinite"
 
     def __init__(
-        self,
-        inner: MAMLInnerLoop,
-        *,
-        inner_steps: int,
-        outer_lr: float,
-        outer_lr_anneal_iterations: int,
-        episodes_per_task: int,
+        self, inner: MAMLInnerLoop, *, outer_lr: float, outer_lr_anneal_iterations: int
     ) -> None:
-        self.inner = inner
         self.policy = inner.policy
-        self.inner_steps = inner_steps
         self.outer_lr = outer_lr
         self.outer_lr_anneal_iterations = outer_lr_anneal_iterations  # 0 = constant
-        self.episodes_per_task = episodes_per_task
 
-    def train_iteration(self, tasks: list, iteration: int) -> IterationResult:
-        data = self.inner.collect(
-            tasks,
-            episodes_per_task=self.episodes_per_task,
-            batch_key=(iteration, "train"),
-            adapt_steps=self.inner_steps,
-        )
-        start = time.perf_counter()
+    def update(self, data: AdaptationData, iteration: int) -> dict[str, float]:
+        """Move theta toward the tasks' adapted parameters (``data.old_params``, the
+        parameters after the last inner step); a non-finite step leaves theta as it was."""
         outer_lr = scheduled_lr(self.outer_lr, iteration, self.outer_lr_anneal_iterations)
         theta = {k: v.detach() for k, v in self.policy.params().items()}
         new = reptile_step(theta, data.old_params, outer_lr)
         step_norm = torch.sqrt(sum((new[k] - theta[k]).pow(2).sum() for k in theta))
-        rejected = not bool(torch.isfinite(step_norm))
-        if not rejected:  # a non-finite step leaves theta as it was; the loop counts it
-            with torch.no_grad():
-                for name, param in self.policy.named_parameters():
-                    param.copy_(new[name])
         scalars = {"reptile/outer_lr": outer_lr, "reptile/step_norm": float(step_norm)}
-        if rejected:
-            scalars["reptile/rejected_nonfinite"] = 1.0
-        return iteration_result(
-            data,
-            scalars,
-            update_seconds=time.perf_counter() - start,
-            rejected=rejected,
-            kl=None,
-        )
-
-    def meta_test(
-        self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
-    ) -> AdaptationCurve:
-        """Each task's returns and infos after k = 0..adapt_steps inner steps: ``[K + 1, T]``."""
-        return self.inner.meta_test(
-            tasks, adapt_steps=adapt_steps, episodes_per_task=episodes_per_task, batch_key=batch_key
-        )
-
-    def adapted_actors(
-        self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
-    ) -> list[list[ActorRun]]:
-        """The policy before and after each inner step, as :meth:`meta_test` adapts it."""
-        return self.inner.adapted_actors(
-            tasks, adapt_steps=adapt_steps, episodes_per_task=episodes_per_task, batch_key=batch_key
-        )
+        if not bool(torch.isfinite(step_norm)):
+            scalars[self.rejected_key] = 1.0
+            return scalars
+        with torch.no_grad():
+            for name, param in self.policy.named_parameters():
+                param.copy_(new[name])
+        return scalars
 
     def state_dict(self) -> dict:
-        # epsilon is a function of the iteration and inner Adam starts afresh per task: no state
-        return {"policy": self.policy.state_dict()}
+        # epsilon is a function of the iteration: no state
+        return {}
 
     def load_state_dict(self, state: dict) -> None:
-        self.policy.load_state_dict(state["policy"])
+        """Nothing to restore."""
 
 
-def build_reptile(config: Config, policy, sampler, device: torch.device) -> Reptile:
-    """Reptile from ``config``'s :class:`ReptileOptions` (and ``inner_lr``, ``gae_lambda``)."""
-    inner = build_inner_loop(
-        config, policy, sampler, device, inner_optimizer=config.reptile_inner_optimizer
-    )
-    return Reptile(
-        inner,
-        inner_steps=config.reptile_inner_steps,
-        outer_lr=config.reptile_outer_lr,
-        outer_lr_anneal_iterations=config.iterations if config.reptile_outer_lr_anneal else 0,
-        episodes_per_task=config.episodes_per_task,
-    )
+def build_reptile_update(config: Config, inner: MAMLInnerLoop) -> ReptileUpdate:
+    """Reptile's outer update of ``config``'s :class:`ReptileOptions`."""
+    options = config.group(ReptileOptions)
+    anneal = config.iterations if options.reptile_outer_lr_anneal else 0
+    return ReptileUpdate(inner, outer_lr=options.reptile_outer_lr,
+                         outer_lr_anneal_iterations=anneal)  # fmt: skip
 
 
-def validate_reptile(config: Config) -> None:
-    """MAML's keys that mean nothing to Reptile are refused rather than silently ignored."""
-    if config.inner_steps != 1:
-        raise ConfigError(
-            f"config key 'inner_steps': {config.inner_steps!r} does not apply to reptile; "
-            "its inner steps are reptile_inner_steps"
-        )
-    if config.first_order:
-        raise ConfigError(
-            "config key 'first_order': reptile is first-order by construction; leave it off"
-        )
+def reptile_rule(config: Config, policy, device: torch.device) -> SGDRule | AdamRule:
+    """Reptile's inner rule: SGD or Adam at ``inner_lr`` (``reptile_inner_optimizer``)."""
+    lr = config.group(InnerLoopOptions).inner_lr
+    adam = config.group(ReptileOptions).reptile_inner_optimizer == "adam"
+    return AdamRule(lr) if adam else SGDRule(lr)
 
 
-ALGORITHM = Algorithm(
-    name="reptile",
-    summary="Reptile: k inner policy-gradient steps per task, theta moved toward their mean",
-    option_groups=(MAMLOptions, ReptileOptions),
-    build_policy=build_mlp_policy,
-    build_learner=build_reptile,
-    validate=validate_reptile,
+REPTILE = OuterSpec(
+    "reptile",
+    (ReptileOptions,),
+    inner_steps=lambda config: config.group(ReptileOptions).reptile_inner_steps,
+    build=build_reptile_update,
+    replays=False,
+)
+"""Reptile's interpolation: no differentiation through the inner steps."""
+
+ALGORITHM = gradient_member(
+    "reptile",
+    "Reptile: k inner policy-gradient steps per task, theta moved toward their mean",
+    rule=RuleSpec(groups=(), build=reptile_rule, differentiable=False),
+    outers=(REPTILE,),
 )

@@ -17,16 +17,16 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from metarl.algos.base import ActorRun, AdaptationCurve, Algorithm, IterationResult
 from metarl.algos.ppo import PPOOptions, lr_anneal_iterations
 from metarl.optim import ClippedSurrogate, apply_scheduled_lr, clipped_surrogate, past_kl_target
-from metarl.options import ConfigError, option
+from metarl.options import option
 from metarl.policies.gaussian_mlp import gaussian_log_prob, params_to_numpy
-from metarl.policies.recurrent import GaussianGRUPolicy, GRUSpec, rl2_inputs
+from metarl.policies.recurrent import GaussianGRUPolicy, GRUPolicyOptions, GRUSpec, rl2_inputs
 from metarl.progress import NULL_REPORTER, Reporter, planned_total
 from metarl.returns import explained_variance, gae_advantages, normalize_advantages
 
@@ -39,9 +39,8 @@ ENTROPY_CONST = 0.5 * math.log(2.0 * math.pi * math.e)
 
 @dataclass
 class RL2Options:
-    """RL2: the config keys of the recurrent policy and its trials (garage's defaults)."""
+    """RL2: the config keys of its trials and its PPO update (garage's defaults)"""
 
-    rl2_hidden_size: int = option(64, "RL2: GRU hidden size", min=1)
     rl2_episodes_per_trial: int = option(
         2, "RL2: consecutive episodes of one task sharing the hidden state", min=1
     )
@@ -273,6 +272,16 @@ class RL2:
             "ppo/clip_fraction": float(masked_mean(terms.clipped, mask)),
         }
 
+    def metaworld_agent(
+        self, *, n_envs: int, horizon: int, seed: int, batch_key: tuple, low: Any, high: Any
+    ) -> Any:
+        """Meta-World's protocol agent: the hidden state carries the adaptation episodes
+        into the evaluation episodes, as in a trial."""
+        from metarl.metaworld_protocol import RecurrentProtocolAgent
+
+        return RecurrentProtocolAgent(self.policy, n_envs=n_envs, horizon=horizon, seed=seed,
+                                      batch_key=batch_key, low=low, high=high)  # fmt: skip
+
     def state_dict(self) -> dict:
         return {
             "policy": self.policy.state_dict(),
@@ -286,46 +295,40 @@ class RL2:
 
 def build_gru_policy(config: Config, obs_dim: int, act_dim: int) -> GaussianGRUPolicy:
     """RL2's recurrent policy (``rl2_hidden_size``, ``init_log_std``)."""
-    spec = GRUSpec(obs_dim, act_dim, config.rl2_hidden_size)
-    return GaussianGRUPolicy(spec, init_log_std=config.init_log_std)
+    options = config.group(GRUPolicyOptions)
+    spec = GRUSpec(obs_dim, act_dim, options.rl2_hidden_size)
+    return GaussianGRUPolicy(spec, init_log_std=options.init_log_std)
 
 
 def build_rl2(config: Config, policy: GaussianGRUPolicy, sampler, device: torch.device) -> RL2:
     """RL2 from ``config``'s :class:`RL2Options` and :class:`PPOOptions`."""
+    rl2, ppo = config.group(RL2Options), config.group(PPOOptions)
     return RL2(
         policy,
         sampler,
-        trials_per_task=config.rl2_trials_per_task,
-        episodes_per_trial=config.rl2_episodes_per_trial,
+        trials_per_task=rl2.rl2_trials_per_task,
+        episodes_per_trial=rl2.rl2_episodes_per_trial,
         discount=config.discount,
-        gae_lambda=config.rl2_gae_lambda,
-        epochs=config.ppo_epochs,
-        clip=config.ppo_clip,
-        lr=config.ppo_lr,
-        target_kl=config.ppo_target_kl,
-        minibatches=config.rl2_minibatches,
-        value_coef=config.rl2_value_coef,
-        entropy_coef=config.rl2_entropy_coef,
-        max_grad_norm=config.rl2_max_grad_norm,
-        bptt_chunk=config.rl2_bptt_chunk,
+        gae_lambda=rl2.rl2_gae_lambda,
+        epochs=ppo.ppo_epochs,
+        clip=ppo.ppo_clip,
+        lr=ppo.ppo_lr,
+        target_kl=ppo.ppo_target_kl,
+        minibatches=rl2.rl2_minibatches,
+        value_coef=rl2.rl2_value_coef,
+        entropy_coef=rl2.rl2_entropy_coef,
+        max_grad_norm=rl2.rl2_max_grad_norm,
+        bptt_chunk=rl2.rl2_bptt_chunk,
         device=device,
-        lr_anneal_iterations=lr_anneal_iterations(config),
+        lr_anneal_iterations=lr_anneal_iterations(ppo, config.iterations),
     )
-
-
-def validate_rl2(config: Config) -> None:
-    if config.weight_init != "torch":
-        raise ConfigError(
-            f"config key 'weight_init': {config.weight_init!r} applies to the MLP policy of "
-            "MAML; RL2's GRU policy keeps torch's initialisation (use 'torch')"
-        )
 
 
 ALGORITHM = Algorithm(
     name="rl2",
     summary="RL2: a recurrent PPO policy that adapts within a trial of episodes",
-    option_groups=(PPOOptions, RL2Options),
+    option_groups=(PPOOptions, RL2Options, GRUPolicyOptions),
     build_policy=build_gru_policy,
     build_learner=build_rl2,
-    validate=validate_rl2,
+    policy_group=GRUPolicyOptions,
 )

@@ -16,8 +16,31 @@ import torch
 from torch import nn
 from torch.func import functional_call
 
+from metarl.options import option
+
 ACTIVATIONS = {"relu": nn.ReLU, "tanh": nn.Tanh}
 WEIGHT_INITS = ("torch", "xavier")
+
+
+@dataclass
+class MLPPolicyOptions:
+    """policy: the Gaussian MLP policy of the gradient family (its keys define the checkpoint)"""
+
+    hidden_sizes: tuple = option(
+        (100, 100), "hidden layer sizes of the policy MLP", min=1, identity=True
+    )
+    activation: str = option("relu", "hidden activation", choices=("relu", "tanh"), identity=True)
+    init_log_std: float = option(0.0, "initial log standard deviation of the Gaussian policy")
+    weight_init: str = option(
+        "torch",
+        "initial weights of the MLP policy's linear layers: 'torch' = torch's default "
+        "(uniform within 1/sqrt(fan_in), weights and biases); 'xavier' = Xavier-uniform "
+        "weights and zero biases (as learn2learn and pytorch-maml-rl)",
+        choices=WEIGHT_INITS,
+        identity=True,
+    )
+
+
 LOG_2PI = float(np.log(2.0 * np.pi))
 
 

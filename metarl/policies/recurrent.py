@@ -22,6 +22,16 @@ import numpy as np
 import torch
 from torch import nn
 
+from metarl.options import option
+
+
+@dataclass
+class GRUPolicyOptions:
+    """policy: RL2's recurrent Gaussian policy (its keys define the checkpoint)"""
+
+    rl2_hidden_size: int = option(64, "RL2: GRU hidden size", min=1, identity=True)
+    init_log_std: float = option(0.0, "initial log standard deviation of the Gaussian policy")
+
 
 @dataclass(frozen=True)
 class GRUSpec:

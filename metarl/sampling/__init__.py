@@ -20,7 +20,12 @@ module           what
 """
 
 from metarl.sampling.backends import BACKENDS, Backend
-from metarl.sampling.batch import EpisodeBatch, NonFiniteEnvError, SamplerError
+from metarl.sampling.batch import (
+    EpisodeBatch,
+    NonFiniteEnvError,
+    SamplerError,
+    UnguardedMainError,
+)
 from metarl.sampling.rollout import noise_rng, reset_seed
 from metarl.sampling.sampler import Sampler, SampleStats, make_sampler
 from metarl.sampling.trials import TrialBatch
@@ -34,6 +39,7 @@ __all__ = [
     "Sampler",
     "SamplerError",
     "TrialBatch",
+    "UnguardedMainError",
     "make_sampler",
     "noise_rng",
     "reset_seed",

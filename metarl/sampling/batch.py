@@ -44,6 +44,11 @@ class NonFiniteEnvError(SamplerError):
     """An env returned a NaN or infinite observation or reward."""
 
 
+class UnguardedMainError(SamplerError):
+    """The rollout workers could not start because they re-import the parent's script
+    (they start by spawn) and its top level starts training again: bad input, exit 2."""
+
+
 @dataclass
 class EpisodeBatch:
     """Episodes of ``T`` tasks, ``E`` per task, padded to the horizon ``H`` (see module doc)."""

@@ -15,21 +15,25 @@ import multiprocessing as mp
 import multiprocessing.connection
 import os
 import signal
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
 
 from metarl.sampling.backends import Blocks, describe_block, rollout_error
-from metarl.sampling.batch import SamplerError
+from metarl.sampling.batch import SamplerError, UnguardedMainError
 from metarl.sampling.rollout import RolloutFailure
 from metarl.sampling.worker import (
     SINGLE_THREAD_ENV,
+    UNGUARDED_MAIN_EXIT,
     WorkerInit,
+    exit_if_spawn_bootstrapping,
     ignore_stop_signals,
     make_pool,
     pool_info,
     run_request,
+    unguarded_main_hint,
     worker_main,
 )
 
@@ -101,6 +105,7 @@ class LocalBackend:
 
     # -- worker processes ---------------------------------------------------------
     def _start_workers(self) -> dict:
+        exit_if_spawn_bootstrapping()  # a worker re-running an unguarded script: stop there
         init = dataclasses.replace(self.init, parent_pid=os.getpid())
         saved = {k: os.environ.get(k) for k in SINGLE_THREAD_ENV}
         os.environ.update(SINGLE_THREAD_ENV)
@@ -146,14 +151,23 @@ class LocalBackend:
                 try:
                     return w.conn.recv()
                 except (EOFError, OSError):  # the pipe closed: the worker is gone
-                    raise SamplerError(self._death_message(w, index, during)) from None
+                    raise self._death_error(w, index, during) from None
             if not w.process.is_alive() and not w.conn.poll(0):
-                raise SamplerError(self._death_message(w, index, during))
+                raise self._death_error(w, index, during)
             if deadline is not None and time.monotonic() > deadline:
                 raise SamplerError(
                     f"worker {index} (pid {w.pid}) of {self.family.name!r} did not answer "
                     f"within the time limit during {during}"
                 )
+
+    def _death_error(self, w: _Worker, index: int, during: str) -> SamplerError:
+        """The error for a worker that died: one line naming the fix when it died re-running
+        an unguarded script (:func:`~metarl.sampling.worker.exit_if_spawn_bootstrapping`)."""
+        message = self._death_message(w, index, during)
+        if w.process.exitcode == UNGUARDED_MAIN_EXIT:
+            main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+            return UnguardedMainError(unguarded_main_hint(main_file))
+        return SamplerError(message)
 
     def _death_message(self, w: _Worker, index: int, during: str) -> str:
         w.process.join(0.1)

@@ -24,7 +24,7 @@ import contextlib
 import traceback
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import gymnasium
 import numpy as np
@@ -70,6 +70,21 @@ def describe_task(family: str, task_index: int, task: Any, episode: int | None =
 
 
 # -- the policy side ---------------------------------------------------------------
+@runtime_checkable
+class MapsActions(Protocol):
+    """An actor whose sampled actions are mapped before they reach the env.
+
+    Who calls it: the rollout loop, each step, with the sampled ``mean + std * noise``
+    (e.g. a tanh squash onto the action box, PEARL's actor), before the usual clip to
+    the bounds. The batch still records the sampled (pre-map) action and its Gaussian
+    log-prob, so actors without the map behave exactly as before.
+    """
+
+    def env_action(self, actions: np.ndarray, low: np.ndarray, high: np.ndarray) -> np.ndarray:
+        """``actions [n, A]`` in the policy's space -> ``[n, A]`` in the env's."""
+        ...
+
+
 class Actor(Protocol):
     """What the rollout loop asks for actions (numpy only; made by a policy spec).
 
@@ -77,11 +92,7 @@ class Actor(Protocol):
     ``k`` runs block task ``t0 + k // per_task``. Observations arrive as float64
     arrays of float32 values (what the batch records, so the learner sees the same).
 
-    Optional hook ``env_action(actions [n, A], low [A], high [A]) -> [n, A]``: when an
-    actor defines it, the loop passes the sampled ``mean + std * noise`` through it
-    (e.g. a tanh squash onto the action box) before the usual clip to the bounds.
-    The batch still records the sampled (pre-hook) action and its Gaussian
-    log-prob, so actors without the hook behave exactly as before.
+    An actor may also be a :class:`MapsActions` (an optional extension).
     """
 
     def start(self, t0: int, t1: int, per_task: int) -> None:
@@ -321,7 +332,7 @@ def _collect_wave(
     logp_out = out["log_probs"][t0:t1, r0:r1]
     rew = np.zeros(n, np.float64)
     low, high, act_dtype = pool.low, pool.high, pool.action_dtype
-    to_env = getattr(actor, "env_action", None)  # the optional hook (see Actor)
+    to_env = actor.env_action if isinstance(actor, MapsActions) else None
     for t in range(length):
         if should_stop is not None and t % 16 == 0 and should_stop():
             raise RolloutFailure("abort", "sampling was abandoned (the learner process is gone)")

@@ -14,6 +14,7 @@ or a GPU: they get numpy parameter arrays and return numpy arrays.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import time
@@ -50,6 +51,38 @@ class WorkerInit:
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+UNGUARDED_MAIN_EXIT = 87
+"""The exit code of a spawned worker that found itself re-running an unguarded script
+(:func:`exit_if_spawn_bootstrapping`); the learner turns it into one line."""
+
+
+def spawn_bootstrapping() -> bool:
+    """Whether this process is a spawned child still importing its parent's main module.
+
+    ``multiprocessing`` re-runs the parent's script (as ``__mp_main__``) in every child it
+    starts by spawn, before the child's target runs; a script that trains at its top level,
+    without ``if __name__ == "__main__":``, tries to start workers again from there.
+    """
+    return bool(getattr(multiprocessing.current_process(), "_inheriting", False))
+
+
+def exit_if_spawn_bootstrapping() -> None:
+    """Exit at once, silently, with :data:`UNGUARDED_MAIN_EXIT` in a child that re-runs an
+    unguarded script and reached the start of rollout workers (instead of Python's
+    bootstrapping ``RuntimeError`` and its traceback); the parent says what to do."""
+    if spawn_bootstrapping():
+        raise SystemExit(UNGUARDED_MAIN_EXIT)
+
+
+def unguarded_main_hint(main_file: str | None) -> str:
+    """The one line for workers that died re-running the script ``main_file``."""
+    script = f"your script {main_file}" if main_file else "your main module"
+    return (
+        f"the rollout workers start by spawn and re-run {script}, whose top level starts "
+        'training again: put the training call under `if __name__ == "__main__":`, '
+        "or use --workers 0"
+    )
 
 
 def ignore_stop_signals() -> dict:

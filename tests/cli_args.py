@@ -1,0 +1,20 @@
+"""Shrunk command lines shared by the CLI tests, cut to what one algorithm reads."""
+
+from __future__ import annotations
+
+from metarl.config import run_keys
+from metarl.configure import key_readers
+
+
+def args_for(algo: str, args: list[str]) -> list[str]:
+    """``args`` (``--flag value ...`` pairs) without the flags ``algo`` does not read, so
+    one list of size knobs serves every algorithm (a foreign key is refused)."""
+    out: list[str] = []
+    keep = True
+    for arg in args:
+        if arg.startswith("--"):
+            key = arg[2:].replace("-", "_")
+            keep = key in run_keys() or algo in key_readers(key) or not key_readers(key)
+        if keep:
+            out.append(arg)
+    return out
