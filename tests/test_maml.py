@@ -212,7 +212,7 @@ def test_ppo_update_lowers_the_clipped_surrogate():
     data = adaptation_data(policy, inner)
     stats = PPOUpdate(inner, epochs=5, clip=0.2, lr=1e-2).update(data)
     assert stats["loss/surrogate_after"] < stats["loss/surrogate_before"]
-    assert stats["ppo/approx_kl"] >= 0.0
+    assert stats["ppo/approx_kl"] > 0.0  # the policy moved
 
 
 def fisher_vector_product(

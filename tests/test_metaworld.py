@@ -12,6 +12,7 @@ import pickle
 
 import numpy as np
 import pytest
+from cli_args import args_for
 
 from metarl.registry import make_env, resolve
 from tests.test_train_cli import run_cli, scalars
@@ -121,7 +122,8 @@ def test_ml1_tasks_switch_goals_reset_deterministically_and_report_success():
 def test_cli_smoke_run_on_ml1_reach_records_the_reward_version(tmp_path, algo):
     import yaml
 
-    argv = ["--env", "ml1-reach", "--algo", algo, *TINY_MW, "--logdir", str(tmp_path)]
+    argv = ["--env", "ml1-reach", "--algo", algo, *args_for(algo, TINY_MW), "--logdir",
+            str(tmp_path)]  # fmt: skip
     result = run_cli("metarl.train", *argv, "--run-name", "r", cwd=tmp_path, timeout=600)
     assert result.returncode == 0, result.stderr
     config = yaml.safe_load((tmp_path / "r" / "config.yaml").read_text())
@@ -145,9 +147,10 @@ def test_metaworlds_own_protocol_scores_a_checkpoint_as_metarls_meta_test(tmp_pa
     from metarl.metaworld_protocol import make_protocol_agent, protocol_envs, run_protocol
     from metarl.run import build_run, build_task_pools, make_config_env
 
+    gradient = {} if algo == "rl2" else {"hidden_sizes": [8], "inner_lr": 0.5}
     config = build_config({
-        "env": "ml1-reach", "algo": algo, "horizon": 20, "hidden_sizes": [8],
-        "workers": 0, "train_pool_size": 4, "test_pool_size": 2, "inner_lr": 0.5, "seed": 3,
+        "env": "ml1-reach", "algo": algo, "horizon": 20, "workers": 0, "train_pool_size": 4,
+        "test_pool_size": 2, "seed": 3, **gradient,
     })  # fmt: skip
     run = build_run(config, tmp_path)
     family = make_config_env(config).unwrapped
