@@ -245,6 +245,83 @@ def make_task_pools(env: Any, *, n_train: int, n_test: int, seed: int) -> TaskPo
     return TaskPools(train=tuple(train), test=tuple(test))
 
 
+BENCHMARK_POOL_SEED = 20_240_601
+"""The seed of every continuous family's benchmark test pool (never a run's seed)."""
+BENCHMARK_POOL_SIZE = 40
+"""Tasks in a benchmark test pool that the family does not define itself."""
+BENCHMARK_POOL_VERSION = "v1"
+"""The version of :func:`benchmark_pool`'s definition: change it whenever its tasks change."""
+FINITE_PROBE_DRAWS = 1000
+"""Draws from which a ``finite_tasks`` family's distinct tasks are collected."""
+
+
+@dataclass(frozen=True)
+class BenchmarkPool:
+    """A family's fixed, versioned test pool, the same for every run of the family.
+
+    Attributes:
+        tasks: the tasks, in their fixed order.
+        version: names the definition (``"v1"``): evaluations of different versions
+            are on different tasks.
+        seed: the seed the tasks were drawn from, or ``None`` when the family lists them.
+    """
+
+    tasks: tuple
+    version: str
+    seed: int | None
+
+    def record(self) -> dict[str, Any]:
+        """What an evaluation's JSON records of the pool: version, seed and size."""
+        return {"version": self.version, "seed": self.seed, "size": len(self.tasks)}
+
+
+@runtime_checkable
+class HasBenchmarkPool(Protocol):
+    """A family that defines its own benchmark test pool (Meta-World: the benchmark's
+    own test set). Who calls it: :func:`benchmark_pool`, for ``metarl evaluate``."""
+
+    def benchmark_test_pool(self) -> BenchmarkPool:
+        """The family's fixed test pool, with its own version string."""
+        ...
+
+
+def distinct_tasks(tasks: Sequence[Any]) -> list:
+    """The distinct ``tasks``, ordered by ``repr`` (so the order of the draws does not matter)."""
+    return sorted(dict.fromkeys(tasks), key=repr)
+
+
+def balanced_cycle(distinct: Sequence[Any], n: int) -> tuple:
+    """``n`` tasks cycling through ``distinct`` in order: each equally often when ``n`` is a
+    multiple of their number (halfcheetah-dir: backward, forward, backward, ...)."""
+    if not distinct:
+        raise ValueError("balanced_cycle: no tasks to cycle through")
+    return tuple(distinct[i % len(distinct)] for i in range(n))
+
+
+def benchmark_pool(env: Any) -> BenchmarkPool:
+    """The benchmark test pool of ``env``'s family: independent of any run.
+
+    * a family with ``benchmark_test_pool()`` (:class:`HasBenchmarkPool`): its own;
+    * a ``finite_tasks`` family: its distinct tasks (collected from
+      :data:`FINITE_PROBE_DRAWS` draws) cycled to :data:`BENCHMARK_POOL_SIZE` tasks, so
+      each appears equally often (halfcheetah-dir: 20 backward, 20 forward, alternating);
+    * any other family: :data:`BENCHMARK_POOL_SIZE` tasks drawn from
+      :data:`BENCHMARK_POOL_SEED`.
+
+    The version is :data:`BENCHMARK_POOL_VERSION` unless the family's hook says otherwise.
+    """
+    family = env.unwrapped
+    if callable(getattr(family, "benchmark_test_pool", None)):
+        return family.benchmark_test_pool()
+    rng = np.random.default_rng(np.random.SeedSequence([BENCHMARK_POOL_SEED, 0xBE9C]))
+    draw = task_sampler(family, rng)
+    if getattr(family, "finite_tasks", False):
+        tasks = balanced_cycle(distinct_tasks(draw(FINITE_PROBE_DRAWS)), BENCHMARK_POOL_SIZE)
+    else:
+        tasks = tuple(draw(BENCHMARK_POOL_SIZE))
+    return BenchmarkPool(tasks, BENCHMARK_POOL_VERSION, BENCHMARK_POOL_SEED)
+
+
 def task_sampler(family: Any, rng: np.random.Generator) -> Callable[[int], list]:
     """``n -> tasks`` drawn from ``rng``: through ``sample_tasks(n, rng)``, or, for a family
     whose ``sample_tasks`` takes only ``n``, from its ``np_random`` seeded from ``rng``."""

@@ -44,7 +44,7 @@ from typing import Any, ClassVar
 import gymnasium
 import numpy as np
 from gymnasium import spaces
-from metarl.envs.base import FamilyUnavailableError, TaskFamilyMixin
+from metarl.envs.base import BenchmarkPool, FamilyUnavailableError, TaskFamilyMixin
 
 __all__ = [
     "BENCHMARKS",
@@ -61,6 +61,10 @@ METAWORLD_VERSION = "3.1.1"
 """The Meta-World release these families are defined on (the extra pins it)."""
 EXTRA_HINT = 'pip install "metarl[metaworld]"'
 BENCHMARKS = ("ML1", "ML10", "ML45")
+METAWORLD_BENCHMARK_SEED = 0
+"""The seed of the benchmark whose test set is the family's benchmark test pool."""
+METAWORLD_BENCHMARK_VERSION = "metaworld-v1"
+"""The version of that pool's definition (:meth:`MetaWorldFamily.benchmark_test_pool`)."""
 MAX_PATH_LENGTH = 500
 """Meta-World's episode length; its envs refuse to step past it without a reset."""
 
@@ -226,6 +230,12 @@ class MetaWorldFamily(TaskFamilyMixin[MetaWorldTask], gymnasium.Env):
         self.benchmark_seed = int(rng.integers(2**31 - 1))
         train, test = benchmark_tasks(self.benchmark, self.env_name, self.benchmark_seed)
         return _subset(train, n_train, rng), _subset(test, n_test, rng)
+
+    def benchmark_test_pool(self) -> BenchmarkPool:
+        """The benchmark's whole test set, built with :data:`METAWORLD_BENCHMARK_SEED`
+        (ML1: its 50 test goals; ML10/ML45: every task of every test class)."""
+        _, test = benchmark_tasks(self.benchmark, self.env_name, METAWORLD_BENCHMARK_SEED)
+        return BenchmarkPool(tuple(test), METAWORLD_BENCHMARK_VERSION, METAWORLD_BENCHMARK_SEED)
 
     def _apply_task(self, task: MetaWorldTask) -> None:
         if self.env_name is not None and task.env_name != self.env_name:

@@ -15,6 +15,13 @@ key                    what
 ``rng``                the global RNG states: torch (and CUDA), numpy, python ``random``
 =====================  =========================================================
 
+A *slim* checkpoint (``metarl export``, :func:`slim_checkpoint`) holds only what
+``metarl evaluate`` and ``--video`` read: ``format_version``, ``slim: True``,
+``iteration``, ``env_steps``, ``config`` and ``learner`` as the learner's slim state
+(:func:`metarl.algos.base.slim_state`: no optimiser, replay buffer or RNG state).
+It is named ``slim_iterNNNNNN.pt``, so ``latest`` never picks it, and ``--resume``
+refuses it.
+
 What needs no saved state: every random stream of training (each iteration's
 meta-batch, the sampler's env reset seeds and action noise, the task pools) is
 derived statelessly from ``(seed, iteration, task, episode, ...)`` by
@@ -43,6 +50,8 @@ import torch
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("iteration", "env_steps", "config", "learner")
 _PERIODIC = re.compile(r"^iter_(\d{6})\.pt$")
+SLIM_KEYS = ("format_version", "slim", "iteration", "env_steps", "config", "learner")
+"""Every key of a slim checkpoint."""
 _TEMPORARY = re.compile(r"^\..+\.tmp-\d+$")
 
 
@@ -123,6 +132,25 @@ def save_best(run_dir: Path, state: dict[str, Any]) -> Path:
     path = checkpoint_dir(run_dir) / "best.pt"
     atomic_torch_save({"format_version": FORMAT_VERSION, **state}, path)
     return path
+
+
+def is_slim(state: dict[str, Any]) -> bool:
+    """Whether a loaded checkpoint is a slim one (fit to evaluate, not to resume)."""
+    return bool(state.get("slim", False))
+
+
+def slim_checkpoint(state: dict[str, Any], learner_state: dict[str, Any]) -> dict[str, Any]:
+    """The slim checkpoint of the full (or slim) checkpoint ``state``, with ``learner_state``
+    (the learner's slim state) as its ``learner``: the keys :data:`SLIM_KEYS`, no others."""
+    return {"format_version": FORMAT_VERSION, "slim": True, "iteration": state["iteration"],
+            "env_steps": state["env_steps"], "config": state["config"],
+            "learner": learner_state}  # fmt: skip
+
+
+def slim_path(run_dir: Path, iteration: int) -> Path:
+    """Where ``metarl export`` writes by default: ``RUN/checkpoints/slim_iterNNNNNN.pt``,
+    numbered as the periodic checkpoint ``iter_NNNNNN.pt`` it comes from."""
+    return checkpoint_dir(Path(run_dir)) / f"slim_iter{iteration:06d}.pt"
 
 
 def periodic_checkpoints(run_dir: Path) -> list[Path]:

@@ -1,7 +1,8 @@
 """What the three commands share (one-line errors, exit codes), and the ``metarl`` command.
 
-``metarl train ...``, ``metarl evaluate ...``, ``metarl baselines ...`` are
-``python -m metarl.train ...`` and so on; ``metarl envs`` lists the task families.
+``metarl train ...``, ``metarl evaluate ...``, ``metarl export ...``,
+``metarl baselines ...`` are ``python -m metarl.train ...`` and so on; ``metarl envs``
+lists the task families.
 
 Exit codes of every command: 0 done; 1 the run failed and cannot go on (the
 message says which checkpoint is intact and how to resume); 2 bad input (an
@@ -74,6 +75,7 @@ SUBCOMMANDS = {
     "train": ("metarl.train", "meta-train a policy on a task family"),
     "evaluate": ("metarl.evaluate", "meta-test a run on held-out tasks"),
     "baselines": ("metarl.baselines", "stable-baselines3 PPO baselines on the same tasks"),
+    "export": ("metarl.export", "write a slim checkpoint: what evaluate needs, nothing else"),
     "plot": ("metarl.plot", "compare runs: curves over seeds with bootstrap bands"),
     "envs": (None, "list the task families"),
 }

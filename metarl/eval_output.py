@@ -5,7 +5,8 @@ File names, in ``RUN_DIR/eval/``::
 
     <pool>_iter<NNNNNN>_steps<K>_<protocol>[_<variant>...].{csv,json,png}
 
-``pool`` is ``test`` or ``train``, ``NNNNNN`` the checkpoint's iteration (iterations
+``pool`` is ``benchmark`` (the family's fixed test pool, the default), ``test`` or
+``train`` (the run's own pools), ``NNNNNN`` the checkpoint's iteration (iterations
 done), ``K`` the adaptation steps (RL2: episodes - 1), ``protocol`` ``metarl`` or
 ``metaworld`` (that one writes the JSON only), then one part per argument that changes
 the numbers and differs from its default, in this order: ``n<N>`` (the first N tasks of
@@ -47,7 +48,8 @@ def eval_stem(
     """The name of an evaluation's files without the suffix (module docstring).
 
     Args:
-        pool: ``"test"`` or ``"train"``. iteration: the checkpoint's iterations done.
+        pool: ``"benchmark"``, ``"test"`` or ``"train"``.
+        iteration: the checkpoint's iterations done.
         steps: adaptation steps. protocol: one of :data:`PROTOCOLS`, or None for a film.
         variants: ``(part, value)`` pairs, each written ``_<part><value>``, in order.
     Returns:

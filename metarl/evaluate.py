@@ -1,8 +1,10 @@
 """``python -m metarl.evaluate RUN_DIR``: meta-test a trained run on held-out tasks.
 
-Loads the latest checkpoint of the run (or ``--checkpoint best`` / a path),
-adapts on each task of the run's fixed test pool (or train pool), and writes
-into the run directory (file names: :mod:`metarl.eval_output`):
+Loads the latest checkpoint of the run (or ``--checkpoint best`` / a path, or a slim
+checkpoint of ``metarl export``), adapts on each task of the family's benchmark test
+pool (:func:`metarl.envs.base.benchmark_pool`: the same tasks for every algorithm, pool
+size and seed; ``--tasks test`` or ``train`` for the run's own pools), and writes into
+the run directory (file names: :mod:`metarl.eval_output`):
 
 * ``eval/<name>.csv`` and ``eval/<name>.json``: return per adaptation step,
   mean and standard deviation over tasks, plus every task's own returns (the
@@ -31,7 +33,13 @@ evaluates again and replaces them). A film is checked the same way, on its own.
 Bad flags are one line on stderr and exit code 2, before anything is written.
 
 What a unit of adaptation is comes from the learner (its ``adaptation_unit``):
-for MAML a policy-gradient step, for RL2 an episode of the trial.
+for MAML a policy-gradient step, for RL2 an episode of the trial. On the benchmark
+pool every learner averages the same ``E`` episodes per task per unit (``E``: the run's
+``episodes_per_task`` or ``--episodes``): a step learner samples ``E`` episodes per step,
+an episode learner (RL2, PEARL) runs ``E`` trials of ``--adapt-steps + 1`` episodes, so
+each task gets ``E * (adapt_steps + 1)`` evaluation episodes whatever the algorithm. On
+the run's own pools an episode learner keeps its older budget, ``E // (adapt_steps + 1)``
+trials (at least one).
 """
 
 from __future__ import annotations
@@ -79,6 +87,8 @@ __all__ = [  # what scripts and tests import from here (the writers live in eval
 PROG = "python -m metarl.evaluate"
 UNIT_NAMES = {"step": ("adaptation step", "step"), "episode": ("episode", "ep")}
 """A learner's adaptation unit -> its name in the JSON and plot, and the table's column."""
+POOLS = ("benchmark", "test", "train")
+"""The pools ``--tasks`` names: the family's benchmark test pool, the run's own two."""
 DEFAULT_SEED = 12345
 DEFAULT_CELL = "128"
 PROTOCOL_DEFAULTS = {"protocol_evals": 10, "protocol_envs": 10, "protocol_eval_episodes": 3}
@@ -129,7 +139,13 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
     parser.add_argument(
         "--adapt-steps", type=at_least(0), default=3, help="adaptation steps (RL2: episodes - 1)"
     )
-    parser.add_argument("--tasks", choices=("test", "train"), default="test", help="task pool")
+    parser.add_argument(
+        "--tasks",
+        choices=POOLS,
+        default="benchmark",
+        help="task pool: the family's fixed benchmark test pool, or the run's own test or "
+        "train pool",
+    )
     parser.add_argument(
         "--n-tasks", type=at_least(0), default=0, help="first N tasks of the pool; 0 = all"
     )
@@ -232,7 +248,7 @@ def check_flags(args: argparse.Namespace) -> None:
     if args.protocol != "metaworld":
         return
     ignored = {
-        "--tasks train": args.tasks != "test",
+        "--tasks train": args.tasks == "train",
         f"--n-tasks {args.n_tasks}": args.n_tasks != 0,
         "--video": args.video,
         "--sheet": args.sheet,
@@ -310,8 +326,33 @@ def restore(state: dict, config, run_dir: Path):
     return restore_run(state, config, run_dir)
 
 
+def benchmark(config):
+    """The family's benchmark test pool (:func:`metarl.run.benchmark_for`)."""
+    from metarl.run import benchmark_for
+
+    return benchmark_for(config)
+
+
 def pool_size(config, pool: str) -> int:
+    """How many tasks the pool ``pool`` (one of :data:`POOLS`) holds."""
+    if pool == "benchmark":
+        return len(benchmark(config).tasks)
     return config.test_pool_size if pool == "test" else config.train_pool_size
+
+
+def pool_tasks(run, pool: str) -> list:
+    """The tasks of the pool ``pool`` of ``run``, in their fixed order."""
+    if pool == "benchmark":
+        return list(benchmark(run.config).tasks)
+    return list(run.pools.test if pool == "test" else run.pools.train)
+
+
+def pool_record(config, pool: str, n_tasks: int) -> dict:
+    """What the JSON records of the pool: its name and size, and for the benchmark pool
+    its version and seed (:meth:`~metarl.envs.base.BenchmarkPool.record`)."""
+    if pool == "benchmark":
+        return {"name": pool, **benchmark(config).record(), "evaluated": n_tasks}
+    return {"name": pool, "size": pool_size(config, pool), "evaluated": n_tasks}
 
 
 # -- names ----------------------------------------------------------------------------------
@@ -320,6 +361,16 @@ def pool_size(config, pool: str) -> int:
 def episodes(args: argparse.Namespace, config) -> int:
     """Episodes per task per step: ``--episodes``, or the run's."""
     return args.episodes or config.episodes_per_task
+
+
+def meta_test_episodes(args: argparse.Namespace, config, unit: str) -> int:
+    """``episodes_per_task`` for ``meta_test``: :func:`episodes` for a step learner; on the
+    benchmark pool, for an episode learner, that many trials of ``adapt_steps + 1``
+    episodes (it reads the argument as episodes in all, ``// (adapt_steps + 1)`` trials),
+    so every learner averages the same episodes per task per unit there."""
+    if args.tasks == "benchmark" and unit == "episode":
+        return episodes(args, config) * (args.adapt_steps + 1)
+    return episodes(args, config)
 
 
 def common_variants(args: argparse.Namespace, config) -> list[tuple[str, Any]]:
@@ -341,7 +392,9 @@ def eval_name(args: argparse.Namespace, config, iteration: int) -> str:
     if args.protocol == "metaworld":
         parts += [(PROTOCOL_PARTS[flag], getattr(args, flag)) for flag, default
                   in PROTOCOL_DEFAULTS.items() if getattr(args, flag) != default]  # fmt: skip
-    return eval_stem(args.tasks, iteration, args.adapt_steps, args.protocol, parts)
+    # Meta-World's protocol runs on the benchmark's own test envs, whatever --tasks says
+    pool = "test" if args.protocol == "metaworld" else args.tasks
+    return eval_stem(pool, iteration, args.adapt_steps, args.protocol, parts)
 
 
 def film_settings(args: argparse.Namespace, config) -> tuple[int, int]:
@@ -483,7 +536,7 @@ def evaluate(args: argparse.Namespace, flags: list[str] | None = None) -> int:
     run = restore(state, config, run_dir)
     shot, render_env = None, None
     try:
-        pool = run.pools.test if args.tasks == "test" else run.pools.train
+        pool = pool_tasks(run, args.tasks)
         check_counts(args, len(pool))
         tasks = list(pool[: args.n_tasks] if args.n_tasks else pool)
         if do_film:
@@ -492,7 +545,7 @@ def evaluate(args: argparse.Namespace, flags: list[str] | None = None) -> int:
             curve = run.learner.meta_test(
                 tasks,
                 adapt_steps=args.adapt_steps,
-                episodes_per_task=episodes(args, config),
+                episodes_per_task=meta_test_episodes(args, config, run.learner.adaptation_unit),
                 batch_key=("evaluate", args.seed),
             )
         unit, column = UNIT_NAMES[run.learner.adaptation_unit]
@@ -510,6 +563,7 @@ def evaluate(args: argparse.Namespace, flags: list[str] | None = None) -> int:
             "env": config.env,
             "algo": config.algo,
             "tasks": args.tasks,
+            "pool": pool_record(config, args.tasks, len(tasks)),
             "unit": unit,
         }
         print(
@@ -521,6 +575,7 @@ def evaluate(args: argparse.Namespace, flags: list[str] | None = None) -> int:
             "protocol": "metarl",
             "adapt_steps": args.adapt_steps,
             "episodes_per_task": episodes(args, config),
+            "meta_test_episodes": meta_test_episodes(args, config, run.learner.adaptation_unit),
             "seed": args.seed,
             **record,
         }

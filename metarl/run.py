@@ -18,12 +18,18 @@ import numpy as np
 import torch
 
 from metarl import registry
-from metarl.algos.base import MetaLearner
+from metarl.algos.base import MetaLearner, load_slim_state
 from metarl.algos.registry import build_learner, build_policy
-from metarl.checkpoint import CheckpointError
+from metarl.checkpoint import CheckpointError, is_slim
 from metarl.config import Config, ConfigError
 from metarl.configure import config_value, identity_keys, restored_config
-from metarl.envs.base import TaskPools, check_task_api, make_task_pools
+from metarl.envs.base import (
+    BenchmarkPool,
+    TaskPools,
+    benchmark_pool,
+    check_task_api,
+    make_task_pools,
+)
 from metarl.gl import is_gl_failure
 from metarl.sampling import Sampler, make_sampler
 from metarl.sampling.backends import BACKENDS
@@ -113,6 +119,23 @@ def build_task_pools(config: Config, env: Any) -> TaskPools:
     )
 
 
+_BENCHMARK_POOLS: dict[str, BenchmarkPool] = {}
+
+
+def benchmark_for(config: Config) -> BenchmarkPool:
+    """The benchmark test pool of ``config``'s family (:func:`~metarl.envs.base.benchmark_pool`):
+    the same for every algorithm, pool size and seed; built once per process and family."""
+    key = repr((config.env, sorted(config.env_kwargs.items())))
+    if key not in _BENCHMARK_POOLS:
+        registry.resolve_recorded(config.env, config.family, owner=f"family {config.env!r}")
+        env = make_config_env(config)
+        try:
+            _BENCHMARK_POOLS[key] = benchmark_pool(env)
+        finally:
+            env.close()
+    return _BENCHMARK_POOLS[key]
+
+
 def run_dir_name(config: Config, label: str) -> Path:
     """``<logdir>/<run_name>``, or ``<logdir>/<env>-<label>-<time>`` without a run name."""
     env = config.env.replace("/", "_").replace(":", "_")
@@ -167,6 +190,11 @@ def iteration_tasks(config: Config, pools: TaskPools, iteration: int) -> list:
 def resumed_config(state: dict, run_dir: Path, overrides: dict) -> Config:
     """The checkpoint's config with ``overrides``; a CheckpointError if they change its
     identity (the keys marked ``identity``: the family, algorithm, seed, policy shape)."""
+    if is_slim(state):
+        raise CheckpointError(
+            f"the checkpoint in {str(run_dir)!r} is a slim one (metarl export: no optimiser, "
+            "replay or RNG state): it can be evaluated but not resumed"
+        )
     saved = restored_config(state["config"])
     if overrides.get("algo", saved.algo) != saved.algo:  # before its groups are composed
         raise CheckpointError(
@@ -185,14 +213,18 @@ def resumed_config(state: dict, run_dir: Path, overrides: dict) -> Config:
 
 
 def restore_run(state: dict, config: Config, run_dir: Path) -> Run:
-    """:func:`build_run` of ``config`` with the checkpoint ``state``'s learner loaded into it.
+    """:func:`build_run` of ``config`` with the checkpoint ``state``'s learner loaded into it
+    (a slim checkpoint's over the learner as built: :func:`~metarl.algos.base.load_slim_state`).
 
     A :class:`CheckpointError` (the sampler closed) if the saved weights do not fit the
     policy ``config`` builds. Shared by ``--resume``, :mod:`metarl.evaluate` and scripts.
     """
     run = build_run(config, run_dir)
     try:
-        run.learner.load_state_dict(state["learner"])
+        if is_slim(state):
+            load_slim_state(run.learner, state["learner"])
+        else:
+            run.learner.load_state_dict(state["learner"])
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         run.sampler.close()
         raise CheckpointError(

@@ -28,7 +28,8 @@ from metarl.configure import all_groups, build_config, key_readers, titled_group
 from metarl.run import build_run
 
 ROOT = Path(__file__).parents[1]
-CLI_MODULES = {"metarl.train", "metarl.evaluate", "metarl.baselines", "metarl.cli", "metarl.plot"}
+CLI_MODULES = {"metarl.train", "metarl.evaluate", "metarl.baselines", "metarl.cli", "metarl.plot",
+               "metarl.export"}  # fmt: skip
 
 
 def module_imports() -> dict[str, set[str]]:

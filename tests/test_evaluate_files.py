@@ -24,8 +24,8 @@ TINY = [
     "--eval-every", "0", "--eval-adapt-steps", "1", "--n-probe-tasks", "2",
     "--checkpoint-every", "1",
 ]  # fmt: skip
-DEFAULT = "test_iter000002_steps2_metarl"
-"""The default evaluation's name: test pool, checkpoint of iteration 2, ``--adapt-steps 2``."""
+DEFAULT = "benchmark_iter000002_steps2_metarl"
+"""The default evaluation's name: benchmark pool, checkpoint of iteration 2, 2 steps."""
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ def test_evaluate_writes_named_files_with_the_record(run_dir, capsys):
     eval_dir = run_dir / "eval"
     assert names(eval_dir) == {f"{DEFAULT}.csv", f"{DEFAULT}.json", f"{DEFAULT}.png"}
     report = json.loads((eval_dir / f"{DEFAULT}.json").read_text())
-    assert report["iteration"] == 2 and report["tasks"] == "test"
+    assert report["iteration"] == 2 and report["tasks"] == "benchmark"
     assert report["protocol"] == "metarl" and report["adapt_steps"] == 2
     assert report["episodes_per_task"] == 2 and report["seed"] == 12345
     assert report["metarl_version"] == metarl.__version__
@@ -111,7 +111,7 @@ def test_evaluate_writes_named_files_with_the_record(run_dir, capsys):
     assert set(arguments) == set(vars(evaluate_cli.build_parser().parse_args([str(run_dir)])))
     assert arguments["adapt_steps"] == 2 and arguments["workers"] == 0
     assert arguments["video_size"] == [128, 128]
-    assert len(report["summary"]) == 3 and len(report["per_task"]) == 3
+    assert len(report["summary"]) == 3 and len(report["per_task"]) == 40
     assert f"wrote {eval_dir / DEFAULT}.json" in capsys.readouterr().out
 
 
@@ -125,7 +125,7 @@ def test_the_same_evaluation_again_says_it_exists_and_leaves_it(run_dir, capsys,
 
     monkeypatch.setattr(evaluate_cli, "restore", no_restore)
     # --episodes 2 is the run's own value: the same evaluation
-    for extra in ([], ["--episodes", "2"], ["--n-tasks", "3"], ["--checkpoint", "latest"]):
+    for extra in ([], ["--episodes", "2"], ["--n-tasks", "40"], ["--checkpoint", "latest"]):
         assert evaluate(run_dir, *extra) == 0
         out = capsys.readouterr().out.strip().splitlines()
         assert out == [
@@ -154,8 +154,8 @@ def test_force_replaces_the_evaluation(run_dir):
         (["--n-tasks", "1"], f"{DEFAULT}_n1"),
         (["--n-tasks", "1", "--episodes", "1", "--seed", "0"], f"{DEFAULT}_n1_ep1_seed0"),
         (["--tasks", "train", "--n-tasks", "2"], "train_iter000002_steps2_metarl_n2"),
-        (["--adapt-steps", "1"], "test_iter000002_steps1_metarl"),
-        (["--checkpoint", "iter_000000.pt"], "test_iter000001_steps2_metarl"),
+        (["--adapt-steps", "1"], "benchmark_iter000002_steps1_metarl"),
+        (["--checkpoint", "iter_000000.pt"], "benchmark_iter000001_steps2_metarl"),
     ],
 )
 def test_arguments_that_change_the_numbers_change_the_name(run_dir, flags, stem):
@@ -170,7 +170,7 @@ def test_arguments_that_change_the_numbers_change_the_name(run_dir, flags, stem)
 
 def test_a_film_is_named_and_kept_on_its_own(run_dir, capsys):
     assert evaluate(run_dir, "--sheet", "--video-steps", "1") == 0
-    sheet = "test_iter000002_steps1_sheet.png"
+    sheet = "benchmark_iter000002_steps1_sheet.png"
     assert names(run_dir / "eval") == {f"{DEFAULT}.{s}" for s in ("csv", "json", "png")} | {sheet}
     capsys.readouterr()
     assert evaluate(run_dir, "--sheet", "--video-steps", "1") == 0
@@ -183,5 +183,5 @@ def test_a_film_is_named_and_kept_on_its_own(run_dir, capsys):
     before = digests(run_dir / "eval")
     assert evaluate(run_dir, "--sheet", "--video-tasks", "1", "--video-size", "64x48") == 0
     new = names(run_dir / "eval") - set(before)
-    assert new == {"test_iter000002_steps2_n1_px64x48_sheet.png"}
+    assert new == {"benchmark_iter000002_steps2_n1_px64x48_sheet.png"}
     assert {k: v for k, v in digests(run_dir / "eval").items() if k in before} == before

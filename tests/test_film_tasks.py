@@ -103,7 +103,8 @@ def test_video_task_ids_film_exactly_those_tasks(run_dir, tmp_path):
     assert list(chosen) == [7, 2, 13] and list(chosen.values()) == [pool[7], pool[2], pool[13]]
 
     run_dir = Path(shutil.copytree(run_dir, tmp_path / "nav"))  # the module's run stays clean
-    flags = ["--workers", "0", "--sheet", "--video-steps", "1", "--video-task-ids", "2", "0"]
+    flags = ["--workers", "0", "--sheet", "--video-steps", "1", "--video-task-ids", "2", "0",
+             "--tasks", "test"]  # fmt: skip
     assert evaluate_cli.main([str(run_dir), *flags]) == 0
     import matplotlib.image
 
@@ -150,7 +151,8 @@ def restored_test_pool(run_dir: Path) -> tuple:
 def test_bad_video_task_ids_are_one_line_and_create_nothing(run_dir, capsys, flags, message):
     before = sorted(p.relative_to(run_dir) for p in run_dir.rglob("*"))
     try:
-        code = evaluate_cli.main([str(run_dir), "--workers", "0", "--sheet", *flags])
+        code = evaluate_cli.main([str(run_dir), "--workers", "0", "--sheet", "--tasks", "test",
+                                 *flags])  # fmt: skip
     except SystemExit as exc:  # argparse's errors exit from parse_args
         code = exc.code
     err = capsys.readouterr().err

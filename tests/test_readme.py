@@ -151,7 +151,7 @@ def test_readme_script_trains_with_workers_and_its_run_evaluates_in_a_fresh_proc
         cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     assert evaluated.returncode == 0, evaluated.stderr
-    assert list((run_dir / "eval").glob("test_iter000001_steps1_*.json"))
+    assert list((run_dir / "eval").glob("benchmark_iter000001_steps1_*.json"))
 
 
 def test_readme_plugin_and_import_path_routes_train(my_pkg):
@@ -195,7 +195,7 @@ def test_readme_quick_start_trains_and_evaluates_shrunk(tmp_path, monkeypatch):
     _, argv = command_argv(line)
     argv[0] = str(tmp_path / "quick0")  # runs/<run-directory>
     assert evaluate.main([*argv, *EVAL_SHRINK]) == 0
-    assert list((tmp_path / "quick0" / "eval").glob("test_iter000001_*.json"))
+    assert list((tmp_path / "quick0" / "eval").glob("benchmark_iter000001_*.json"))
 
 
 # -- every command line, flag and file ----------------------------------------------------------

@@ -382,8 +382,9 @@ def test_cli_logs_and_evaluates_success(tmp_path, algo, unit):
     assert ", success " in result.stdout  # the meta-test line
     run_dir = tmp_path / "r"
     result = run_module(
-        "metarl.evaluate", str(run_dir), "--adapt-steps", "1", "--workers", "0", cwd=tmp_path
-    )
+        "metarl.evaluate", str(run_dir), "--adapt-steps", "1", "--workers", "0", "--tasks",
+        "test", cwd=tmp_path,
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(next((run_dir / "eval").glob("*.json")).read_text())
     groups = sorted({task["group"] for task in report["task_params"]})  # the test pool's

@@ -80,7 +80,8 @@ def test_smoke_run_writes_config_events_and_checkpoints(tmp_path, algo):
     assert [p.name for p in periodic_checkpoints(run_dir)] == ["iter_000002.pt"]
     assert (run_dir / "checkpoints" / "best.pt").is_file()
 
-    result = run_cli("metarl.evaluate", str(run_dir), "--adapt-steps", "2", cwd=tmp_path)
+    result = run_cli("metarl.evaluate", str(run_dir), "--adapt-steps", "2", "--tasks", "test",
+                     cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
     report = json.loads(next((run_dir / "eval").glob("*.json")).read_text())
     assert [row["step"] for row in report["summary"]] == [0, 1, 2]

@@ -387,7 +387,8 @@ def test_halfcheetah_renders_with_egl(tmp_path):
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl")}
     result = subprocess.run(
         [sys.executable, "-m", "metarl.evaluate", str(run_dir), "--workers", "0",
-         "--adapt-steps", "1", "--video", "--video-tasks", "2", "--video-size", "160x120"],
+         "--adapt-steps", "1", "--video", "--video-tasks", "2", "--video-size", "160x120",
+         "--tasks", "test"],
         env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     if result.returncode == 2 and "needs an OpenGL backend" in result.stderr:

@@ -7,9 +7,10 @@ line in :mod:`metarl.algos.registry`.
 
 What a learner may do beyond the protocol is an *extension*: a small runtime-checkable
 Protocol below (:class:`ReportsProgress`, :class:`ShowsAdaptation`,
-:class:`MetaWorldAgentMaker`). A caller asks for one through :func:`extension`, which
-gives a one-line :class:`MissingExtension` when the learner lacks it, or tests for an
-optional one with :func:`provides`; nothing else inspects a learner's attributes.
+:class:`MetaWorldAgentMaker`, :class:`HasSlimState`). A caller asks for one through
+:func:`extension`, which gives a one-line :class:`MissingExtension` when the learner
+lacks it, or tests for an optional one with :func:`provides`; nothing else inspects a
+learner's attributes.
 """
 
 from __future__ import annotations
@@ -175,6 +176,54 @@ class MetaWorldAgentMaker(Protocol):
         as this learner's meta-test acts: noise of the sampler's ``seed`` and
         ``batch_key``, actions clipped to ``[low, high]``."""
         ...
+
+
+@runtime_checkable
+class HasSlimState(Protocol):
+    """A learner that says itself which of its state entries meta-test needs.
+
+    Who calls it: :func:`slim_state`, for ``metarl export``. Without it a learner's
+    slim state is its ``state_dict()`` less the :data:`TRAIN_ONLY_KEYS` entries.
+    """
+
+    def slim_state_dict(self) -> dict:
+        """The part of ``state_dict()`` that ``meta_test`` and ``--video`` read (nested
+        dicts of the same keys), nothing else."""
+        ...
+
+
+TRAIN_ONLY_KEYS = frozenset({"optimizer", "optimizers", "replay", "encoder_replay", "rng"})
+"""State entries, at any depth, that only training reads: optimiser moments, replay
+buffers, minibatch generators. A slim state drops them."""
+
+
+def without_keys(state: Mapping[str, Any], keys: frozenset[str]) -> dict:
+    """``state`` with every entry named in ``keys`` removed, at any depth of nested dicts."""
+    return {k: without_keys(v, keys) if isinstance(v, Mapping) else v
+            for k, v in state.items() if k not in keys}  # fmt: skip
+
+
+def overlay(base: Mapping[str, Any], top: Mapping[str, Any]) -> dict:
+    """``base`` with ``top``'s entries put over it, nested dicts merged key by key."""
+    out = dict(base)
+    for k, v in top.items():
+        both = isinstance(v, Mapping) and isinstance(out.get(k), Mapping)
+        out[k] = overlay(out[k], v) if both else v
+    return out
+
+
+def slim_state(learner: MetaLearner) -> dict:
+    """What meta-test needs of ``learner``'s state (:class:`HasSlimState`, or its
+    ``state_dict()`` without :data:`TRAIN_ONLY_KEYS`)."""
+    if provides(learner, HasSlimState):
+        return learner.slim_state_dict()
+    return without_keys(learner.state_dict(), TRAIN_ONLY_KEYS)
+
+
+def load_slim_state(learner: MetaLearner, slim: Mapping[str, Any]) -> None:
+    """Load a :func:`slim_state` into ``learner``: its entries over the learner's own state
+    as built, so the train-only parts stay as initialised (fit to evaluate, not to resume)."""
+    learner.load_state_dict(overlay(learner.state_dict(), slim))
 
 
 class MissingExtension(ConfigError):

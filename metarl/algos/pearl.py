@@ -600,6 +600,11 @@ class PEARL:
             "rng": self.rng.bit_generator.state,
         }
 
+    def slim_state_dict(self) -> dict:
+        """What meta-test reads: the policy and the context encoder (no critics, alpha,
+        optimisers, replay buffers or generator): :class:`~metarl.algos.base.HasSlimState`."""
+        return {"networks": {k: self.networks()[k].state_dict() for k in ("policy", "encoder")}}
+
     def load_state_dict(self, state: dict) -> None:
         self._load_train_state(state)
         self.replay.load_state_dict(state["replay"])
