@@ -116,7 +116,12 @@ def task_curves(groups: list[dict]) -> dict[str, list[float]]:
 
 
 def read_metarl_run(run_dir: Path, config: dict) -> SeedRun | None:
-    evals = sorted((run_dir / "eval").glob("test_iter*_steps*.json"))
+    # metarl's own meta-test (not Meta-World's protocol), on the benchmark pool if the
+    # run was evaluated there, else on its own test pool; the latest checkpoint's
+    evals = [p for p in sorted((run_dir / "eval").glob("benchmark_iter*_steps*.json"))
+             if "_metaworld" not in p.name]  # fmt: skip
+    evals = evals or [p for p in sorted((run_dir / "eval").glob("test_iter*_steps*.json"))
+                      if "_metaworld" not in p.name]  # fmt: skip
     if not evals:
         return None
     final = json.loads(evals[-1].read_text())  # the latest checkpoint's meta-test

@@ -50,6 +50,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from metarl import registry
 from metarl.algos.base import AdaptationCurve, ShowsAdaptation, extension
 from metarl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from metarl.cli import OneLineErrorParser, run_command
@@ -514,6 +515,8 @@ def evaluate(args: argparse.Namespace, flags: list[str] | None = None) -> int:
     path = checkpoint_path(run_dir, args.checkpoint)
     state = load_checkpoint(path)
     config = eval_config(state, args)
+    # the run's family first, so a missing one is named as this run's, not the pool's
+    registry.resolve_recorded(config.env, config.family, owner=f"run {str(run_dir)!r}")
     check_counts(args, pool_size(config, args.tasks))
     iteration = state["iteration"] + 1
     record = provenance(vars(args), flags)

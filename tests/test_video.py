@@ -56,7 +56,9 @@ def run_dir(maml_run, tmp_path) -> Path:
 
 
 def evaluate(run_dir: Path, *flags: str) -> int:
-    return evaluate_cli.main([str(run_dir), "--workers", "0", "--adapt-steps", "2", *flags])
+    return evaluate_cli.main(
+        [str(run_dir), "--workers", "0", "--adapt-steps", "2", "--tasks", "test", *flags]
+    )
 
 
 def mp4_frames(path: Path) -> np.ndarray:
