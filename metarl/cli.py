@@ -44,6 +44,16 @@ class OneLineErrorParser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} ({self.prog} --help lists the flags)\n")
 
 
+def add_run_and_checkpoint(parser: argparse.ArgumentParser) -> None:
+    """The positional run directory and ``--checkpoint``, as evaluate and export take them."""
+    parser.add_argument("run_dir", help="a run directory written by metarl.train")
+    parser.add_argument(
+        "--checkpoint",
+        default="latest",
+        help="'latest', 'best', a checkpoint file, or the name of one in RUN_DIR/checkpoints",
+    )
+
+
 def run_command(command: Callable[[], int], *, debug: bool) -> int:
     """Run ``command``; turn the errors a user can act on into one line and an exit code."""
     from metarl.loop import RunFailure  # the loop imports torch's tensorboard: only when run

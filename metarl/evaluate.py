@@ -53,7 +53,7 @@ from typing import Any
 from metarl import registry
 from metarl.algos.base import AdaptationCurve, ShowsAdaptation, extension
 from metarl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
-from metarl.cli import OneLineErrorParser, run_command
+from metarl.cli import OneLineErrorParser, add_run_and_checkpoint, run_command
 from metarl.config import run_keys
 from metarl.configure import restored_config
 from metarl.envs.base import task_groups
@@ -131,12 +131,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         description="Meta-test a run: adapt on held-out tasks, print and save the returns.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("run_dir", help="a run directory written by metarl.train")
-    parser.add_argument(
-        "--checkpoint",
-        default="latest",
-        help="'latest', 'best', a checkpoint file, or the name of one in RUN_DIR/checkpoints",
-    )
+    add_run_and_checkpoint(parser)
     parser.add_argument(
         "--adapt-steps", type=at_least(0), default=3, help="adaptation steps (RL2: episodes - 1)"
     )

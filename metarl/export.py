@@ -27,7 +27,7 @@ from metarl.checkpoint import (
     slim_checkpoint,
     slim_path,
 )
-from metarl.cli import OneLineErrorParser, run_command
+from metarl.cli import OneLineErrorParser, add_run_and_checkpoint, run_command
 
 PROG = "python -m metarl.export"
 
@@ -38,12 +38,7 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         description="Write a slim checkpoint: what evaluate and --video need, nothing else.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    parser.add_argument("run_dir", help="a run directory written by metarl.train")
-    parser.add_argument(
-        "--checkpoint",
-        default="latest",
-        help="'latest', 'best', a checkpoint file, or the name of one in RUN_DIR/checkpoints",
-    )
+    add_run_and_checkpoint(parser)
     parser.add_argument(
         "--out", help="the file to write; default RUN_DIR/checkpoints/slim_iterNNNNNN.pt"
     )

@@ -77,19 +77,8 @@ class ReplayOptions:
     RENAMED = {"first_order": "inner_first_order"}
 
 
-class SGDRule:
-    """MAML's inner rule: ``phi = theta - inner_lr * grad L(theta)``."""
-
-    def __init__(self, lr: float) -> None:
-        self.lr = lr
-
-    def act_step(self, params: TaskParams, loss, state: Any) -> tuple[TaskParams, Any]:
-        return adapt(params, loss, lr=self.lr, first_order=True), None
-
-    def replay_step(
-        self, params: TaskParams, loss, *, first_order: bool, create_graph: bool
-    ) -> TaskParams:
-        return adapt(params, loss, lr=self.lr, first_order=first_order)
+class NoLearnedState:
+    """The part of an inner rule that learns nothing: no parameters, stats or state."""
 
     def parameters(self) -> list[torch.nn.Parameter]:
         return []
@@ -102,6 +91,21 @@ class SGDRule:
 
     def load_state_dict(self, state: dict) -> None:
         """Nothing to restore."""
+
+
+class SGDRule(NoLearnedState):
+    """MAML's inner rule: ``phi = theta - inner_lr * grad L(theta)``."""
+
+    def __init__(self, lr: float) -> None:
+        self.lr = lr
+
+    def act_step(self, params: TaskParams, loss, state: Any) -> tuple[TaskParams, Any]:
+        return adapt(params, loss, lr=self.lr, first_order=True), None
+
+    def replay_step(
+        self, params: TaskParams, loss, *, first_order: bool, create_graph: bool
+    ) -> TaskParams:
+        return adapt(params, loss, lr=self.lr, first_order=first_order)
 
 
 class OuterUpdate(Protocol):

@@ -26,6 +26,7 @@ import torch
 
 from metarl.algos.gradient_family import (
     InnerLoopOptions,
+    NoLearnedState,
     OuterSpec,
     RuleSpec,
     SGDRule,
@@ -78,7 +79,7 @@ def reptile_step(
         return {k: theta[k] + outer_lr * (adapted[k] - theta[k]).mean(0) for k in theta}
 
 
-class AdamRule:
+class AdamRule(NoLearnedState):
     """Reptile's optional inner rule: Adam at ``lr`` with fresh moments per task and call.
 
     For acting only: Adam's step is not differentiated through, so it pairs with
@@ -91,19 +92,7 @@ class AdamRule:
     def act_step(
         self, params: TaskParams, loss, state: AdamState | None
     ) -> tuple[TaskParams, AdamState]:
-        return adam_adapt(params, loss, lr=self.lr, state=state)
-
-    def parameters(self) -> list[torch.nn.Parameter]:
-        return []
-
-    def stats(self) -> dict[str, float]:
-        return {}
-
-    def state_dict(self) -> dict:
-        return {}
-
-    def load_state_dict(self, state: dict) -> None:
-        """Nothing to restore: the moments start afresh per task."""
+        return adam_adapt(params, loss, lr=self.lr, state=state)  # moments afresh per task
 
 
 class ReptileUpdate:
