@@ -2,8 +2,21 @@
 
 from __future__ import annotations
 
+import re
+
 from metarl.config import run_keys
 from metarl.configure import key_readers
+
+EPISODE_TABLE = re.compile(
+    r"^\s+ep\s+mean return\s+std$\n((?:\s+\d+\s+-?[\d.]+\s+[\d.]+\n)+)", re.M
+)
+"""evaluate's printed table for episode learners: a header, then one row per episode."""
+
+
+def episode_rows(stdout: str) -> list[int]:
+    """The episode numbers of evaluate's printed table (``[]`` when there is none)."""
+    match = EPISODE_TABLE.search(stdout)
+    return [int(line.split()[0]) for line in match.group(1).splitlines()] if match else []
 
 
 def args_for(algo: str, args: list[str]) -> list[str]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from cli_args import episode_rows
 from torch import nn
 
 from metarl import evaluate as evaluate_cli
@@ -440,13 +441,14 @@ def test_cli_smoke_run_writes_the_tags_resumes_exactly_and_evaluates(tmp_path, c
             assert torch.equal(v, part["networks"][net][k]), (net, k)
     assert torch.equal(full["log_alpha"], part["log_alpha"])
     for k, arrays in full["replay"]["data"].items():
+        assert len(arrays) == len(part["replay"]["data"][k]), k
         assert all(np.array_equal(a, b) for a, b in zip(arrays, part["replay"]["data"][k])), k
 
     capsys.readouterr()
     code = evaluate_cli.main([str(tmp_path / "full"), "--adapt-steps", "2", "--workers", "0",
                               "--n-tasks", "2"])  # fmt: skip
     assert code == 0
-    assert "ep" in capsys.readouterr().out
+    assert episode_rows(capsys.readouterr().out) == [0, 1, 2]  # the table: K + 1 = 3 episodes
 
 
 @pytest.mark.slow

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from cli_args import episode_rows
 
 from metarl.policies.gaussian_mlp import gaussian_log_prob, params_to_numpy
 from metarl.policies.recurrent import (
@@ -211,7 +212,7 @@ def test_cli_smoke_run_with_rl2_writes_episode_curves(tmp_path, tiny_rl2_args):
     result = run_cli("metarl.evaluate", str(tmp_path / "rl2"), "--adapt-steps", "2",
                      "--workers", "0", cwd=tmp_path)  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "ep" in result.stdout
+    assert episode_rows(result.stdout) == [0, 1, 2]  # the table: K + 1 = 3 episodes
 
 
 @pytest.mark.slow
