@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 import torch
+from finite_differences import fd_gradient
 
 from metarl.algos.maml import MAMLInnerLoop, ProcessedBatch
 from metarl.algos.meta_sgd import LearnedStepRule, PerParameterStepSizes
@@ -66,15 +67,6 @@ def reinforce_loss(theta, obs, actions, advantages, mask) -> float:
     """-(1 / real steps) * sum over real steps of log pi(a | x) * advantage (one task)."""
     real = [i for i in range(len(mask)) if mask[i]]
     return -sum(log_prob(theta, obs[i], actions[i]) * advantages[i] for i in real) / len(real)
-
-
-def fd_gradient(f, theta: np.ndarray, h: float = 1e-6) -> np.ndarray:
-    out = np.zeros_like(theta)
-    for j in range(theta.size):
-        e = np.zeros_like(theta)
-        e[j] = h
-        out[j] = (f(theta + e) - f(theta - e)) / (2 * h)
-    return out
 
 
 def expected_step(obs, actions, advantages, mask) -> tuple[np.ndarray, np.ndarray]:

@@ -24,6 +24,7 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+from finite_differences import fd_gradient
 
 from metarl.algos import maml_trpo
 from metarl.algos.gradient_family import SGDRule
@@ -158,15 +159,6 @@ def mean_kl(theta: np.ndarray, tasks=range(N_TASKS)) -> float:
         adapted = inner_step(theta, t)
         total += task_mean(lambda i, t=t, q=adapted: gaussian_kl(OLD[t], q, VALID_OBS[t, i]), t)
     return total / len(tasks)
-
-
-def fd_gradient(f, theta: np.ndarray, h: float = 1e-6) -> np.ndarray:
-    out = np.zeros_like(theta)
-    for j in range(theta.size):
-        e = np.zeros_like(theta)
-        e[j] = h
-        out[j] = (f(theta + e) - f(theta - e)) / (2 * h)
-    return out
 
 
 def fd_hessian(f, theta: np.ndarray, h: float = 1e-4) -> np.ndarray:
