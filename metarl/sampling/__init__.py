@@ -7,16 +7,17 @@ or ``sampler.sample_trials(...)``. ``backend="ray"`` (``ray_address=None |
 with the same batch (:mod:`metarl.sampling.backends` names the backends; Ray
 needs ``pip install "metarl[ray]"``). Sampling is data-only: it never changes weights.
 
-===============  ============================================================
-module           what
-===============  ============================================================
-``sampler``      :class:`Sampler`: argument checks, task blocks, joining, timing
-``backends``     the backend registry and protocol; ``local``, ``ray_backend``
-``worker``       a persistent worker process and the request it serves
-``rollout``      the lock-step rollout loop, the env pool, the actor protocol
-``batch``        :class:`EpisodeBatch` and the sampler's errors
-``trials``       :class:`TrialBatch` (RL2's trials)
-===============  ============================================================
+================  ============================================================
+module            what
+================  ============================================================
+``sampler``       :class:`Sampler`: argument checks, task blocks, joining, timing
+``backends``      the backend registry and protocol; ``local``, ``ray_backend``
+``worker``        a persistent worker process and the request it serves
+``rollout``       the lock-step rollout loop, the env pool, the actor protocol
+``mujoco_batch``  the batched path: a wave's MuJoCo envs, one ``mujoco.batch`` call a step
+``batch``         :class:`EpisodeBatch` and the sampler's errors
+``trials``        :class:`TrialBatch` (RL2's trials)
+================  ============================================================
 """
 
 from metarl.sampling.backends import BACKENDS, Backend

@@ -36,6 +36,7 @@ class Backend(Protocol):
     act_dim: int
     info_keys: tuple[str, ...]  # the family's episode_info_keys, as the pool read them
     fast_path: bool
+    batched_path: bool  # waves stepped in one mujoco.batch call (metarl.sampling.mujoco_batch)
 
     @property
     def worker_pids(self) -> list[int]: ...

@@ -71,7 +71,9 @@ class LocalBackend:
         self._pool = None
         self._call_id = 0
         if self.n_workers == 0:
-            self._pool = make_pool(init.family, init.horizon, init.env_kwargs, init.fast)
+            self._pool = make_pool(
+                init.family, init.horizon, init.env_kwargs, init.fast, init.batched
+            )
             info = pool_info(self._pool)
         else:
             info = self._start_workers()
@@ -79,6 +81,7 @@ class LocalBackend:
         self.act_dim: int = info["act_dim"]
         self.info_keys: tuple[str, ...] = tuple(info["info_keys"])
         self.fast_path = bool(info["fast_path"])
+        self.batched_path = bool(info["batched_path"])
 
     @property
     def worker_pids(self) -> list[int]:

@@ -72,7 +72,7 @@ class RolloutActor:
 
     def __init__(self, init: WorkerInit) -> None:
         self.init = init
-        self.pool = make_pool(init.family, init.horizon, init.env_kwargs, init.fast)
+        self.pool = make_pool(init.family, init.horizon, init.env_kwargs, init.fast, init.batched)
 
     def info(self) -> dict:
         return pool_info(self.pool)
@@ -172,6 +172,7 @@ class RayBackend:
         self.act_dim: int = infos[0]["act_dim"]
         self.info_keys: tuple[str, ...] = tuple(infos[0]["info_keys"])
         self.fast_path = bool(infos[0]["fast_path"])
+        self.batched_path = bool(infos[0]["batched_path"])
 
     def _start(self, start_timeout: float, cpus: int) -> list[dict]:
         ray = self._ray

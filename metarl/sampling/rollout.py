@@ -16,6 +16,13 @@ directly and enforces the horizon itself. Those wrappers never change an
 action, observation or reward, so the fast path is bit-identical to stepping
 the wrapped env (``tests/test_sampler.py`` checks it). Any other wrapper
 disables it for that family.
+
+Batched path (on top of the fast path, MuJoCo >= 4): a family whose step has an
+array twin (HalfCheetah, Hopper and Walker2d v5 robots; see
+:mod:`metarl.sampling.mujoco_batch`) has each wave's sub-envs stepped by one
+``mujoco.batch.Batch`` call per step, with observations and rewards computed for
+all sub-envs at once. Episodes are bit-identical to the per-env path's
+(``tests/test_sampler_fast_path.py``); ``batched=False`` turns it off.
 """
 
 from __future__ import annotations
@@ -32,6 +39,7 @@ from gymnasium.wrappers import OrderEnforcing, PassiveEnvChecker, TimeLimit
 
 from metarl.envs.base import episode_info_keys
 from metarl.policies.gaussian_mlp import LOG_2PI
+from metarl.sampling.mujoco_batch import BatchStepper, find_twin
 from metarl.seeding import derive_rng, derive_seed
 
 PASSIVE_WRAPPERS = (TimeLimit, OrderEnforcing, PassiveEnvChecker)
@@ -139,6 +147,8 @@ class EnvPool:
 
     ``info_keys``: the family's ``episode_info_keys`` (read from the first env made),
     whose per-episode maximum :func:`collect` reports as ``episode_infos``.
+    ``batched``: step waves in one ``mujoco.batch.Batch`` where the family allows it
+    (``uses_batched_path``; needs the fast path and a family without ``info_keys``).
     """
 
     def __init__(
@@ -147,6 +157,7 @@ class EnvPool:
         *,
         family: str,
         fast: bool = True,
+        batched: bool = True,
     ) -> None:
         self._make = make
         self.family = family
@@ -167,6 +178,10 @@ class EnvPool:
         self.action_dtype = getattr(space, "dtype", np.float32)
         self.uses_fast_path = self._steppers[0] is not self.envs[0]
         self.info_keys: tuple[str, ...] = episode_info_keys(probe)
+        twin = find_twin(probe) if batched and self.uses_fast_path and not self.info_keys else None
+        self._twin = twin
+        self.uses_batched_path = twin is not None
+        self._batch_steppers: dict[int, BatchStepper] = {}
 
     def get(self, n: int) -> list[gymnasium.Env]:
         """The first ``n`` steppable envs (wrapped or, on the fast path, unwrapped)."""
@@ -177,12 +192,22 @@ class EnvPool:
             self._steppers.append(target if target is not None else env)
         return self._steppers[:n]
 
+    def batch_stepper(self, n: int) -> BatchStepper | None:
+        """The :class:`BatchStepper` of ``n`` rows (made once per size), or ``None`` off
+        the batched path."""
+        if self._twin is None:
+            return None
+        if n not in self._batch_steppers:
+            self._batch_steppers[n] = BatchStepper(self._twin, self._steppers[0].model, n)
+        return self._batch_steppers[n]
+
     def close(self) -> None:
         for env in self.envs:
             with contextlib.suppress(Exception):  # closing is best effort
                 env.close()
         self.envs.clear()
         self._steppers.clear()
+        self._batch_steppers.clear()
 
 
 # -- the rollout loop -----------------------------------------------------------------
@@ -288,6 +313,7 @@ def _collect_wave(
     tc, rc, h, k = t1 - t0, r1 - r0, req.horizon, req.episodes_per_trial
     n, length, d, a = tc * rc, k * h, pool.obs_dim, pool.act_dim
     envs = pool.get(n)
+    stepper = pool.batch_stepper(n)  # None off the batched path
     family = pool.family
     # sub-env j runs task t0 + j // rc, trial r0 + j % rc (task-major)
     sub = [(t0 + j // rc, r0 + j % rc) for j in range(n)]
@@ -305,6 +331,15 @@ def _collect_wave(
                            "reset")  # fmt: skip
         return np.asarray(obs, dtype=np.float64).reshape(-1)
 
+    def step_failure(exc: Exception, j: int) -> RolloutFailure:
+        ti = sub[j][0]
+        where = describe_task(family, req.task_indices[ti], req.tasks[ti], episode_of(j))
+        return RolloutFailure(
+            "env",
+            f"step {episode_t[j]} raised {type(exc).__name__}: {exc} [{where}]",
+            traceback.format_exc(),
+        )
+
     obs = np.zeros((n, d), np.float64)
     noise = np.empty((n, length, a), np.float64)
     for j, (ti, trial) in enumerate(sub):
@@ -315,6 +350,10 @@ def _collect_wave(
         gi = req.task_indices[ti]
         noise[j] = noise_rng(req.seed, req.noise_key, gi, trial).standard_normal((length, a))
     _check_finite(obs, None, np.ones(n, bool), sub, req, family, -1)
+    if stepper is not None:  # rows of one task are contiguous (task-major)
+        stepper.start(envs, [(q * rc, (q + 1) * rc) for q in range(tc)])
+        for j in range(n):
+            stepper.load(j)
 
     actor.start(t0, t1, rc)
     active = np.ones(n, bool)
@@ -348,26 +387,33 @@ def _collect_wave(
         env_act = np.clip(env_act, low, high).astype(act_dtype, copy=False)
         idx = np.flatnonzero(active)
         ended = np.zeros(n, bool)
-        for j in idx:
+        if stepper is not None:
+            # the rows' new obs, rewards and terminations, as the per-env loop below sets them
+            rows = slice(None) if idx.size == n else idx
             try:
-                o, r, terminated, truncated, info = envs[j].step(env_act[j])
+                new_obs, new_rew, new_term = stepper.step(env_act, None if idx.size == n else idx)
             except Exception as exc:  # noqa: BLE001 - reported with the task
-                ti = sub[j][0]
-                where = describe_task(family, req.task_indices[ti], req.tasks[ti], episode_of(j))
-                raise RolloutFailure(
-                    "env",
-                    f"step {episode_t[j]} raised {type(exc).__name__}: {exc} [{where}]",
-                    traceback.format_exc(),
-                ) from exc
-            obs[j] = o
-            rew[j] = r
-            term[j, t] = bool(terminated)
-            if info_keys:
-                values = info_values(info, info_keys)
-                row = episode_infos[j, episode[j]]  # a view: updated in place
-                # the first step sets the row, so a key whose values are all negative keeps its max
-                row[:] = values if episode_t[j] == 0 else np.maximum(row, values)
-            ended[j] = bool(terminated or truncated) or episode_t[j] + 1 == h
+                # mujoco.batch's SimulationError names the rows MuJoCo raised in
+                raise step_failure(exc, int(getattr(exc, "ids", idx)[0])) from exc
+            obs[rows] = new_obs[rows]
+            rew[rows] = new_rew[rows]
+            term[rows, t] = new_term[rows]
+            ended[rows] = new_term[rows] | (episode_t[rows] + 1 == h)
+        else:
+            for j in idx:
+                try:
+                    o, r, terminated, truncated, info = envs[j].step(env_act[j])
+                except Exception as exc:  # noqa: BLE001 - reported with the task
+                    raise step_failure(exc, j) from exc
+                obs[j] = o
+                rew[j] = r
+                term[j, t] = bool(terminated)
+                if info_keys:
+                    values = info_values(info, info_keys)
+                    row = episode_infos[j, episode[j]]  # a view: updated in place
+                    # the first step sets the row: a key whose values are all negative keeps its max
+                    row[:] = values if episode_t[j] == 0 else np.maximum(row, values)
+                ended[j] = bool(terminated or truncated) or episode_t[j] + 1 == h
         _check_finite(obs, rew, active, sub, req, family, t)
         rew32 = rew.astype(np.float32)
         rew_out[:, :, t] = rew32.reshape(tc, rc)
@@ -385,6 +431,8 @@ def _collect_wave(
                 final[j] = obs[j]
             else:  # the trial goes on with the next episode, the actor's state kept
                 obs[j] = reset(j)
+                if stepper is not None:
+                    stepper.load(j)
                 _check_finite(obs, None, active, sub, req, family, -1)
         if not active.any():
             break

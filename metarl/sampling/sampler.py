@@ -73,6 +73,7 @@ class Sampler:
         horizon: int | None = None,
         env_kwargs: dict | None = None,
         fast: bool = True,
+        batched: bool = True,
         max_envs_per_worker: int = 256,
         backend: str = "local",
         start_timeout: float = 300.0,
@@ -102,6 +103,7 @@ class Sampler:
             fast=fast,
             max_envs=self.max_envs_per_worker,
             parent_pid=os.getpid(),
+            batched=batched,
         )
         options = {k: v for k, v in backend_options.items() if v not in (None, "")}
         self._backend: Backend = backend_class(
@@ -113,6 +115,7 @@ class Sampler:
         # the family's episode_info_keys: the keys of every batch's episode_infos
         self.info_keys: tuple[str, ...] = self._backend.info_keys
         self.fast_path = self._backend.fast_path
+        self.batched_path = self._backend.batched_path
         if (spec.obs_dim, spec.act_dim) != (self.obs_dim, self.act_dim):
             self.close()
             raise ValueError(
@@ -251,7 +254,8 @@ class Sampler:
     def __repr__(self) -> str:
         return (
             f"Sampler({self.family.name!r}, backend={self.backend_name!r}, "
-            f"workers={self.n_workers}, horizon={self.horizon}, fast_path={self.fast_path})"
+            f"workers={self.n_workers}, horizon={self.horizon}, fast_path={self.fast_path}, "
+            f"batched_path={self.batched_path})"
         )
 
 
@@ -265,7 +269,10 @@ def make_sampler(env_name: str, *, spec: PolicySpec, seed: int, **options: Any) 
     this machine, the default) or ``"ray"`` (Ray actors; needs
     ``pip install "metarl[ray]"``). Other options: ``fast`` (step
     ``env.unwrapped`` when only passive wrappers sit on top; bit-identical,
-    default True), ``max_envs_per_worker`` (sub-envs stepped at once per
+    default True), ``batched`` (on the fast path, step a MuJoCo family whose step
+    has an array twin in one ``mujoco.batch`` call per step for all of a worker's
+    sub-envs; bit-identical, default True; :mod:`metarl.sampling.mujoco_batch`),
+    ``max_envs_per_worker`` (sub-envs stepped at once per
     worker, default 256), ``timeout`` (seconds per call, default none),
     ``start_timeout``; the local backend's ``mp_context`` (``"spawn"`` or
     ``"forkserver"``); the Ray backend's ``ray_address`` (``None`` = the Ray

@@ -48,6 +48,7 @@ class WorkerInit:
     fast: bool
     max_envs: int
     parent_pid: int
+    batched: bool = True
 
 
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
@@ -102,7 +103,9 @@ def run_request(
     return collect(pool, actor, req, max_envs=max_envs, should_stop=should_stop)
 
 
-def make_pool(family: FamilySpec, horizon: int, env_kwargs: dict, fast: bool) -> EnvPool:
+def make_pool(
+    family: FamilySpec, horizon: int, env_kwargs: dict, fast: bool, batched: bool = True
+) -> EnvPool:
     """An :class:`EnvPool` for ``family``, registering it here if this process lacks it."""
     try:
         known = resolve(family.name)
@@ -124,17 +127,19 @@ def make_pool(family: FamilySpec, horizon: int, env_kwargs: dict, fast: bool) ->
     def make() -> Any:
         return gymnasium.make(family.gym_id, max_episode_steps=horizon, **env_kwargs)
 
-    return EnvPool(make, family=family.name, fast=fast)
+    return EnvPool(make, family=family.name, fast=fast, batched=batched)
 
 
 def pool_info(pool: EnvPool) -> dict:
     """What every backend learns of a pool once, at start-up: the family's sizes and
-    ``info_keys`` (the :class:`~metarl.sampling.Sampler` exposes them), the fast path, the pid."""
+    ``info_keys`` (the :class:`~metarl.sampling.Sampler` exposes them), the fast and batched
+    paths, the pid."""
     return {
         "obs_dim": pool.obs_dim,
         "act_dim": pool.act_dim,
         "info_keys": pool.info_keys,
         "fast_path": pool.uses_fast_path,
+        "batched_path": pool.uses_batched_path,
         "pid": os.getpid(),
     }
 
@@ -145,7 +150,7 @@ def worker_main(conn: Any, init: WorkerInit) -> None:
     # the learner handles them (finish the iteration, checkpoint, close us).
     ignore_stop_signals()
     try:
-        pool = make_pool(init.family, init.horizon, init.env_kwargs, init.fast)
+        pool = make_pool(init.family, init.horizon, init.env_kwargs, init.fast, init.batched)
     except BaseException as exc:  # noqa: BLE001 - reported to the learner
         _send(conn, ("init_error", f"{type(exc).__name__}: {exc}", traceback.format_exc()))
         return
