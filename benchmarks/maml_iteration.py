@@ -24,8 +24,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from metarl.algos.gradient_family import ReplayOptions
 from metarl.config import load_yaml
 from metarl.configure import add_config_arguments, build_config, config_overrides
+from metarl.policies.gaussian_mlp import MLPPolicyOptions
 from metarl.run import build_run, iteration_tasks
 
 
@@ -41,13 +43,14 @@ def main() -> None:
     base = load_yaml(args.config) if args.config else {}
     config = build_config({**sizes, "eval_every": 0, **config_overrides(args)}, base)
     tasks, episodes = config.meta_batch_size, config.episodes_per_task
+    replay, mlp = config.group(ReplayOptions), config.group(MLPPolicyOptions)
     with tempfile.TemporaryDirectory() as tmp:
         run = build_run(config, Path(tmp))
         try:
             print(
                 f"{config.algo} on {config.env}: {tasks} tasks x {episodes} episodes x "
-                f"{run.horizon} steps, {config.inner_steps} inner step(s), policy "
-                f"{list(config.hidden_sizes)} {config.activation}, device {run.device}, "
+                f"{run.horizon} steps, {replay.inner_steps} inner step(s), policy "
+                f"{list(mlp.hidden_sizes)} {mlp.activation}, device {run.device}, "
                 f"workers={run.sampler.n_workers}, fast_path={run.sampler.fast_path}"
             )
             rows = []

@@ -26,14 +26,18 @@ __all__ = [
     "apply_scheduled_lr",
     "LineSearchResult",
     "backtracking_line_search",
+    "batched_line_search",
     "clipped_surrogate",
     "conjugate_gradient",
     "flat_grad",
+    "gauss_newton_product",
+    "hessian_product",
     "hvp_of_gradients",
     "make_hvp",
     "past_kl_target",
     "scheduled_lr",
     "set_learning_rate",
+    "sum_of_products",
 ]
 
 
@@ -190,6 +194,92 @@ def hvp_of_gradients(
     return hvp
 
 
+def gauss_newton_product(
+    outputs: Sequence[Tensor],
+    params: Sequence[Tensor],
+    output_hvp: Callable[[list[Tensor]], list[Tensor]],
+) -> Callable[[Tensor], Tensor]:
+    """``v -> J^T H J v``: the Gauss-Newton product of a scalar ``f(outputs(params))``.
+
+    ``J`` is the Jacobian of ``outputs`` w.r.t. ``params`` (their graph must be alive;
+    it is kept), ``H = output_hvp`` the Hessian of ``f`` in the outputs' space. Where
+    ``f``'s gradient in the outputs is zero, e.g. a KL at its minimum (TRPO's KL at the
+    step's start point), this is the exact Hessian of ``f(outputs(params))``: the
+    dropped term ``sum_i df/do_i * Hess(o_i)`` vanishes, and with it the third
+    derivatives a double backward through a differentiable inner step takes.
+
+    ``J v`` comes by the double-backward trick, with nothing recomputed: ``J^T u`` is
+    built once for a dummy ``u`` (``create_graph``; it is linear in ``u``) and each
+    product differentiates ``(J^T u) . v`` w.r.t. ``u``. Then ``H`` applies in the
+    outputs' small space, and one backward through the outputs' graph gives
+    ``J^T (H J v)``. (``torch.func.jvp`` would recompute the forward every product.)
+
+    Args:
+        outputs: tensors computed from ``params`` (e.g. action means ``[T, N, A]``
+            and log-stds ``[T, A]``).
+        params: tensors requiring grad, in the layout of the flat vectors.
+        output_hvp: ``[d_out for each output] -> [H d_out for each output]``.
+    Returns:
+        A function from a flat ``[P]`` vector to a detached flat ``[P]`` vector.
+    """
+    params, outputs = list(params), list(outputs)
+    dummies = [torch.zeros_like(o, requires_grad=True) for o in outputs]
+    transposed = torch.autograd.grad(
+        outputs, params, dummies, retain_graph=True, create_graph=True, allow_unused=True
+    )
+    jt_u = _flatten(transposed, params)  # J^T u: linear in the dummies
+
+    def product(v: Tensor) -> Tensor:
+        v = v.detach().to(jt_u.dtype)
+        if not jt_u.requires_grad:  # the outputs do not depend on params
+            return torch.zeros_like(v)
+        jv = torch.autograd.grad(torch.dot(jt_u, v), dummies, retain_graph=True,
+                                 allow_unused=True)  # fmt: skip
+        jv = [torch.zeros_like(o) if d is None else d for d, o in zip(jv, outputs, strict=True)]
+        back = torch.autograd.grad(
+            outputs, params, output_hvp(jv), retain_graph=True, allow_unused=True
+        )
+        return _flatten(back, params).detach()
+
+    return product
+
+
+def hessian_product(
+    fn: Callable[..., Tensor], at: Sequence[Tensor]
+) -> Callable[[list[Tensor]], list[Tensor]]:
+    """``[t_i] -> [sum_j d2 fn / d at_i d at_j  t_j]``: the Hessian of the scalar
+    ``fn(*at)`` at the (detached) points ``at``, applied to tangents of their shapes.
+
+    Meant for a small space, e.g. a KL as a function of a policy's outputs (the
+    ``H`` of :func:`gauss_newton_product`): the gradient is taken once with
+    ``create_graph``, each call is one more backward through that small graph.
+    """
+    points = [a.detach().requires_grad_() for a in at]
+    with torch.enable_grad():
+        grads = torch.autograd.grad(fn(*points), points, create_graph=True)
+
+    def product(tangents: list[Tensor]) -> list[Tensor]:
+        out = torch.autograd.grad(grads, points, tangents, retain_graph=True, allow_unused=True)
+        return [torch.zeros_like(p) if o is None else o for o, p in zip(out, points, strict=True)]
+
+    return product
+
+
+def sum_of_products(
+    products: Sequence[Callable[[Tensor], Tensor]], damping: float = 0.0
+) -> Callable[[Tensor], Tensor]:
+    """``v -> sum_i A_i v + damping * v``: e.g. the Gauss-Newton products of chunks of tasks."""
+
+    def product(v: Tensor) -> Tensor:
+        v = v.detach()
+        total = damping * v
+        for one in products:
+            total = total + one(v)
+        return total
+
+    return product
+
+
 def conjugate_gradient(
     matvec: Callable[[Tensor], Tensor],
     b: Tensor,
@@ -197,6 +287,7 @@ def conjugate_gradient(
     residual_tol: float = 1e-10,
     *,
     return_product: bool = False,
+    x0: Tensor | None = None,
 ) -> Tensor | tuple[Tensor, Tensor]:
     """Approximately solve ``A x = b`` for a symmetric positive-definite ``A``.
 
@@ -216,14 +307,26 @@ def conjugate_gradient(
         return_product: also return ``A x``, accumulated from the matvecs CG makes
             anyway (``A x = sum_i alpha_i A p_i``), so a caller needing ``x . A x``
             (TRPO's step scale) saves one more product.
+        x0: a warm start (e.g. the previous TRPO step's direction): CG starts from
+            ``c x0`` with ``c = max(0, x0.b / x0.A x0)``, the best multiple for the
+            quadratic model, so never worse than ``x = 0``. That costs one matvec,
+            counted in ``iters``.
     Returns:
         ``x`` ``[P]``, detached, dtype of ``b``; with ``return_product``, ``(x, A x)``.
     """
     b = b.detach()
     x = torch.zeros_like(b)
     ax = torch.zeros_like(b)
-    r = b.clone()
-    p = b.clone()
+    if x0 is not None and iters > 0:
+        x0 = x0.detach().to(b)
+        a_x0 = matvec(x0).detach()
+        curvature, along = torch.dot(x0, a_x0), torch.dot(x0, b)
+        usable = (curvature > 0) & torch.isfinite(curvature) & torch.isfinite(along)
+        scale = torch.where(usable, (along / curvature).clamp_min(0.0), torch.zeros_like(along))
+        x, ax = scale * x0, scale * a_x0
+        iters -= 1
+    r = b - ax
+    p = r.clone()
     rdotr = torch.dot(r, r)
     active = rdotr >= residual_tol  # a 0-d bool tensor: no host read
     read_back = b.device.type == "cpu"
@@ -334,4 +437,61 @@ def backtracking_line_search(
         n_tries=max_backtracks,
         loss=float(old_loss),
         kl=0.0,
+    )
+
+
+def batched_line_search(
+    params: Sequence[torch.nn.Parameter],
+    full_step: Tensor,
+    evaluate_many: Callable[[Tensor], tuple[Tensor, Tensor]],
+    *,
+    old_loss: float,
+    max_kl: float,
+    max_backtracks: int = 15,
+    backtrack_ratio: float = 0.5,
+    batch: int = 4,
+) -> LineSearchResult:
+    """:func:`backtracking_line_search` scoring ``batch`` step sizes per call.
+
+    ``evaluate_many(candidates)`` gets ``[B, P]`` parameter vectors, row ``i`` being
+    ``params_old + backtrack_ratio**k * full_step`` for the next ``B`` values of ``k``
+    (the last call may have fewer), and returns ``(losses [B], kls [B])``; the
+    parameters themselves are not changed while it runs. Each call's results are read
+    back once (one host sync on a GPU). The first acceptable candidate in the order of
+    ``k`` is kept, by the sequential search's test, so both accept the same step when
+    their evaluations agree. ``n_tries`` is that candidate's ``k + 1`` (as sequentially),
+    though up to ``batch - 1`` more were scored. None acceptable: the old parameters
+    stay, bitwise.
+    """
+    params = list(params)
+    n_params = sum(p.numel() for p in params)
+    if full_step.dim() != 1 or full_step.numel() != n_params:
+        raise ValueError(
+            f"full_step must be a flat vector of {n_params} entries, got {tuple(full_step.shape)}"
+        )
+    if max_backtracks < 1 or batch < 1:
+        raise ValueError(f"max_backtracks and batch must be >= 1, got {max_backtracks}, {batch}")
+    if not 0.0 < backtrack_ratio < 1.0:
+        raise ValueError(f"backtrack_ratio must be in (0, 1), got {backtrack_ratio}")
+
+    old = parameters_to_vector(params).detach().clone()
+    step = full_step.detach().to(old)
+    for first in range(0, max_backtracks, batch):
+        ks = range(first, min(first + batch, max_backtracks))
+        # The same expression per row as the sequential search writes: the same bits.
+        candidates = torch.stack([old + backtrack_ratio**k * step for k in ks])
+        losses, kls = evaluate_many(candidates)
+        values = torch.stack([losses.detach(), kls.detach()]).tolist()  # the one read
+        for k, loss, kl in zip(ks, *values, strict=True):
+            if math.isfinite(loss) and math.isfinite(kl) and loss < old_loss and kl <= max_kl:
+                _write_flat(candidates[k - first], params)
+                return LineSearchResult(
+                    accepted=True,
+                    step_fraction=backtrack_ratio**k,
+                    n_tries=k + 1,
+                    loss=loss,
+                    kl=kl,
+                )
+    return LineSearchResult(
+        accepted=False, step_fraction=0.0, n_tries=max_backtracks, loss=float(old_loss), kl=0.0
     )
