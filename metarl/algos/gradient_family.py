@@ -103,9 +103,9 @@ class SGDRule(NoLearnedState):
         return adapt(params, loss, lr=self.lr, first_order=True), None
 
     def replay_step(
-        self, params: TaskParams, loss, *, first_order: bool, create_graph: bool
-    ) -> TaskParams:
-        return adapt(params, loss, lr=self.lr, first_order=first_order)
+        self, params: TaskParams, loss, state: Any, *, first_order: bool, create_graph: bool
+    ) -> tuple[TaskParams, Any]:
+        return adapt(params, loss, lr=self.lr, first_order=first_order), None
 
 
 class OuterUpdate(Protocol):
@@ -228,11 +228,15 @@ class GradientLearner:
     def metaworld_agent(
         self, *, n_envs: int, horizon: int, seed: int, batch_key: tuple, low: Any, high: Any
     ) -> Any:
-        """Meta-World's protocol agent: ``adapt()`` is one inner step, as meta_test takes."""
-        from metarl.metaworld_protocol import GradientProtocolAgent
+        """Meta-World's protocol agent: ``adapt()`` is one inner step, as meta_test takes,
+        from ``episodes_per_task`` adaptation episodes by default (as trained)."""
+        from metarl.metaworld_protocol import GradientProtocolAgent, TrainedAdaptation
 
+        why = f"an inner step was trained on {self.episodes_per_task} episodes per task"
+        trained = TrainedAdaptation(self.episodes_per_task, why)
         return GradientProtocolAgent(self.inner, n_envs=n_envs, horizon=horizon, seed=seed,
-                                     batch_key=batch_key, low=low, high=high)  # fmt: skip
+                                     batch_key=batch_key, low=low, high=high,
+                                     trained=trained)  # fmt: skip
 
     def state_dict(self) -> dict:
         return {

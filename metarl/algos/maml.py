@@ -195,11 +195,12 @@ class DifferentiableRule(InnerRule, Protocol):
     """A rule the outer update can differentiate through (TRPO and PPO need one)."""
 
     def replay_step(
-        self, params: TaskParams, loss, *, first_order: bool, create_graph: bool
-    ) -> TaskParams:
+        self, params: TaskParams, loss, state: Any, *, first_order: bool, create_graph: bool
+    ) -> tuple[TaskParams, Any]:
         """One step on ``loss`` from ``params``: differentiable w.r.t. the meta-parameters
         (second order unless ``first_order``; the rule's own parameters as constants
-        without ``create_graph``)."""
+        without ``create_graph``). ``state`` in and out as for ``act_step`` (the
+        meta-LSTM's hidden state; ``None`` to start)."""
         ...
 
 
@@ -361,21 +362,30 @@ class MAMLInnerLoop:
         ]
 
     def adapted_params(
-        self, train: list[ProcessedBatch], *, create_graph: bool = True
+        self,
+        train: list[ProcessedBatch],
+        *,
+        create_graph: bool = True,
+        start: TaskParams | None = None,
     ) -> TaskParams:
         """Replay the K inner steps from the current meta-parameters.
 
         With ``create_graph`` and second-order MAML, the result is differentiable
         w.r.t. the meta-parameters including the inner Hessian terms; with
-        ``first_order`` the inner gradients are constants.
+        ``first_order`` the inner gradients are constants. ``start``: other
+        ``[T, ...]`` policy parameters to adapt from (tensors requiring grad, e.g.
+        TRPO's line-search candidates, one set per row of ``train``'s tasks); the
+        rule's own parameters stay its own.
         """
         n_tasks = train[0].observations.shape[0]
-        params = expand_params(self.policy.params(), n_tasks)
+        params = expand_params(self.policy.params(), n_tasks) if start is None else start
         first_order = self.first_order or not create_graph
+        rule_state = None  # carried across the K steps as collect carries it
         for data in train:
             loss = reinforce_loss(self.policy, data)
-            params = self.rule.replay_step(params, loss, first_order=first_order,
-                                           create_graph=create_graph)  # fmt: skip
+            params, rule_state = self.rule.replay_step(params, loss, rule_state,
+                                                       first_order=first_order,
+                                                       create_graph=create_graph)  # fmt: skip
         return params
 
 

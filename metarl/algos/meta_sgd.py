@@ -66,11 +66,11 @@ class LearnedStepRule:
                      first_order=True), None  # fmt: skip
 
     def replay_step(
-        self, params: TaskParams, loss, *, first_order: bool, create_graph: bool
-    ) -> TaskParams:
+        self, params: TaskParams, loss, state: Any, *, first_order: bool, create_graph: bool
+    ) -> tuple[TaskParams, Any]:
         """The same step, differentiable w.r.t. ``alpha`` too when ``create_graph``."""
         return adapt(params, loss, lr=self.step_sizes.as_dict(detach=not create_graph),
-                     first_order=first_order)  # fmt: skip
+                     first_order=first_order), None  # fmt: skip
 
     def parameters(self) -> list[nn.Parameter]:
         return list(self.step_sizes.parameters())
