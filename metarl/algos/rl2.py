@@ -1,12 +1,15 @@
 """RL2 (Duan et al. 2016; Wang et al. 2016): a recurrent policy that adapts within a trial.
 
-A *trial* is K consecutive episodes of one task; the GRU's hidden state runs
+A *trial* is K consecutive episodes of one task; the policy's memory runs
 through the whole trial (reset only between trials), and it sees the previous
 action, reward and done flag, so it can identify the task from experience and
 exploit it in later episodes. The trial is the RL episode: discounting and
 GAE run across the episode boundaries inside a trial and stop at its end.
-The policy and its value head are trained by PPO over minibatches of whole
-trials, with optional truncated back-propagation through time.
+``rl2_core`` picks the memory: a GRU's hidden state (``gru``,
+:mod:`metarl.policies.recurrent`) or a causal transformer attending over the
+trial so far (``transformer``, :mod:`metarl.policies.transformer`). Either
+policy and its value head are trained by the same PPO over minibatches of whole
+trials, with optional truncated back-propagation through time (the GRU's).
 
 Shapes: T tasks, R trials per task, B = T * R trials, L = K * horizon steps
 per trial (episodes are laid end to end; padding only after the trial ends).
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -24,9 +28,15 @@ import torch
 from metarl.algos.base import ActorRun, AdaptationCurve, Algorithm, IterationResult
 from metarl.algos.ppo import PPOOptions, lr_anneal_iterations
 from metarl.optim import ClippedSurrogate, apply_scheduled_lr, clipped_surrogate, past_kl_target
-from metarl.options import option
+from metarl.options import ConfigError, option
 from metarl.policies.gaussian_mlp import gaussian_log_prob, params_to_numpy
 from metarl.policies.recurrent import GaussianGRUPolicy, GRUPolicyOptions, GRUSpec, rl2_inputs
+from metarl.policies.transformer import (
+    GaussianTransformerPolicy,
+    TransformerOptions,
+    build_transformer_policy,
+    check_transformer_options,
+)
 from metarl.progress import NULL_REPORTER, Reporter, planned_total
 from metarl.returns import explained_variance, gae_advantages, normalize_advantages
 
@@ -35,6 +45,9 @@ if TYPE_CHECKING:
     from metarl.sampling.trials import TrialBatch
 
 ENTROPY_CONST = 0.5 * math.log(2.0 * math.pi * math.e)
+
+RL2Policy = GaussianGRUPolicy | GaussianTransformerPolicy
+"""The policy of either core: ``policy(inputs [B, L, in], bptt_chunk=)`` -> mean, value."""
 
 
 @dataclass
@@ -53,6 +66,13 @@ class RL2Options:
     rl2_value_coef: float = option(0.5, "RL2: weight of the value loss", min=0.0)
     rl2_entropy_coef: float = option(0.0, "RL2: weight of the entropy bonus", min=0.0)
     rl2_max_grad_norm: float = option(0.5, "RL2: gradient-norm clip (0 = off)", min=0.0)
+    rl2_core: str = option(
+        "gru",
+        "RL2: the policy's memory over the trial: a GRU, or a causal transformer "
+        "(its keys: rl2_transformer_*)",
+        choices=("gru", "transformer"),
+        identity=True,
+    )
 
 
 def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -78,7 +98,7 @@ class RL2:
 
     def __init__(
         self,
-        policy: GaussianGRUPolicy,
+        policy: RL2Policy,
         sampler,
         *,
         trials_per_task: int,
@@ -200,6 +220,7 @@ class RL2:
         }
         inputs = rl2_inputs(flat["observations"], flat["actions"], flat["rewards"], flat["dones"])
         actions, mask = flat["actions"], flat["mask"]
+        self.policy.eval()  # the acting policy's values: no dropout (the transformer's)
         with torch.no_grad():
             mean, values = self.policy(inputs)
             old_log_probs = gaussian_log_prob(actions, mean, self.policy.log_std)
@@ -208,6 +229,7 @@ class RL2:
             )
             returns = (advantages + values) * mask
             norm_adv = normalize_advantages(advantages, mask)
+        self.policy.train()
         stats: dict[str, float] = {
             "baseline/explained_variance": explained_variance(values, returns, mask)
         }
@@ -276,11 +298,19 @@ class RL2:
         self, *, n_envs: int, horizon: int, seed: int, batch_key: tuple, low: Any, high: Any
     ) -> Any:
         """Meta-World's protocol agent: the hidden state carries the adaptation episodes
-        into the evaluation episodes, as in a trial."""
-        from metarl.metaworld_protocol import RecurrentProtocolAgent
+        into the evaluation episodes, as in a trial: by default K - 1 adaptation episodes for
+        trials of K, so the first evaluation episode is the last one its training reached."""
+        from metarl.metaworld_protocol import RecurrentProtocolAgent, TrainedAdaptation
 
+        k, episodes = self.episodes_per_trial, max(1, self.episodes_per_trial - 1)
+        why = (
+            f"trained on trials of {k} episodes: {episodes} adaptation episode(s) make the "
+            "first evaluation episode the last of a trained trial"
+        )
+        trained = TrainedAdaptation(episodes, why)
         return RecurrentProtocolAgent(self.policy, n_envs=n_envs, horizon=horizon, seed=seed,
-                                      batch_key=batch_key, low=low, high=high)  # fmt: skip
+                                      batch_key=batch_key, low=low, high=high,
+                                      trained=trained)  # fmt: skip
 
     def state_dict(self) -> dict:
         return {
@@ -300,7 +330,42 @@ def build_gru_policy(config: Config, obs_dim: int, act_dim: int) -> GaussianGRUP
     return GaussianGRUPolicy(spec, init_log_std=options.init_log_std)
 
 
-def build_rl2(config: Config, policy: GaussianGRUPolicy, sampler, device: torch.device) -> RL2:
+def build_rl2_policy(config: Config, obs_dim: int, act_dim: int) -> RL2Policy:
+    """The policy of ``rl2_core``: the GRU's, or the transformer's (``rl2_transformer_*``)."""
+    if config.group(RL2Options).rl2_core == "transformer":
+        init_log_std = config.group(GRUPolicyOptions).init_log_std
+        options = config.group(TransformerOptions)
+        return build_transformer_policy(options, obs_dim, act_dim, init_log_std=init_log_std)
+    return build_gru_policy(config, obs_dim, act_dim)
+
+
+def core_groups(keys: Mapping[str, Any] | None) -> tuple[type, ...]:
+    """The transformer's keys with ``rl2_core: transformer`` (``keys`` None: every core's);
+    a ConfigError for a transformer key given to a GRU run (it would be ignored)."""
+    if keys is None or keys.get("rl2_core") == "transformer":
+        return (TransformerOptions,)
+    given = [key for key in keys if key.startswith("rl2_transformer_")]
+    if given:
+        raise ConfigError(
+            f"config key '{given[0]}' is read only with rl2_core: transformer "
+            f"(this run's rl2_core is {keys.get('rl2_core', 'gru')!r})"
+        )
+    return ()
+
+
+def check_rl2(config: Config) -> None:
+    """The transformer core's keys fit together, and it is not given a BPTT chunk."""
+    if config.group(RL2Options).rl2_core != "transformer":
+        return
+    check_transformer_options(config.group(TransformerOptions))
+    if config.group(RL2Options).rl2_bptt_chunk:
+        raise ConfigError(
+            "config key 'rl2_bptt_chunk': truncated back-propagation is the GRU core's; "
+            "with rl2_core: transformer it must be 0"
+        )
+
+
+def build_rl2(config: Config, policy: RL2Policy, sampler, device: torch.device) -> RL2:
     """RL2 from ``config``'s :class:`RL2Options` and :class:`PPOOptions`."""
     rl2, ppo = config.group(RL2Options), config.group(PPOOptions)
     return RL2(
@@ -328,7 +393,9 @@ ALGORITHM = Algorithm(
     name="rl2",
     summary="RL2: a recurrent PPO policy that adapts within a trial of episodes",
     option_groups=(PPOOptions, RL2Options, GRUPolicyOptions),
-    build_policy=build_gru_policy,
+    build_policy=build_rl2_policy,
     build_learner=build_rl2,
     policy_group=GRUPolicyOptions,
+    chosen_groups=core_groups,
+    validate=check_rl2,
 )
