@@ -26,7 +26,9 @@ ALGORITHMS: dict[str, str] = {
     "rl2": "metarl.algos.rl2",
     "reptile": "metarl.algos.reptile",
     "meta-sgd": "metarl.algos.meta_sgd",
+    "meta-lstm": "metarl.algos.meta_lstm",
     "pearl": "metarl.algos.pearl",
+    "varibad": "metarl.algos.varibad",
 }
 """``--algo`` name -> the module that defines its ``ALGORITHM``."""
 
