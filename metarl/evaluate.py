@@ -54,7 +54,7 @@ from metarl import registry
 from metarl.algos.base import AdaptationCurve, ShowsAdaptation, extension
 from metarl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
 from metarl.cli import OneLineErrorParser, add_run_and_checkpoint, run_command
-from metarl.config import run_keys
+from metarl.config import restore_device, run_keys
 from metarl.configure import restored_config
 from metarl.envs.base import task_groups
 from metarl.eval_output import (
@@ -92,10 +92,21 @@ POOLS = ("benchmark", "test", "train")
 """The pools ``--tasks`` names: the family's benchmark test pool, the run's own two."""
 DEFAULT_SEED = 12345
 DEFAULT_CELL = "128"
-PROTOCOL_DEFAULTS = {"protocol_evals": 10, "protocol_envs": 10, "protocol_eval_episodes": 3}
-"""Meta-World's protocol flags -> their defaults."""
+ADAPT_STEPS = {"metarl": 3, "metaworld": 1}
+"""``--adapt-steps`` left out, per ``--protocol`` (Meta-World's ``adaptation_steps`` default)."""
+PROTOCOL_DEFAULTS = {"protocol_evals": 10, "protocol_envs": 20, "protocol_eval_episodes": 3,
+                     "protocol_tasks_per_class": 40}  # fmt: skip
+"""Meta-World's protocol flags -> their defaults: metalearning_evaluation's num_evals and
+evaluation_episodes, make_ml_envs's meta_batch_size (tests/test_metaworld_protocol.py reads
+them from Meta-World's signatures), and 40 test tasks per class (Meta-World's own None, all
+50, cannot be split over 20 sub-envs; 40 is what the Meta-World 3 baselines of
+rainx0r/metaworld-algorithms use)."""
+PROTOCOL_ARGUMENTS = {"protocol_evals": "num_evals", "protocol_envs": "meta_batch_size",
+                      "protocol_eval_episodes": "evaluation_episodes",
+                      "protocol_tasks_per_class": "total_tasks_per_cls"}  # fmt: skip
+"""Meta-World's protocol flags -> the argument of Meta-World's they set."""
 PROTOCOL_PARTS = {"protocol_evals": "evals", "protocol_envs": "envs",
-                  "protocol_eval_episodes": "evep"}  # fmt: skip
+                  "protocol_eval_episodes": "evep", "protocol_tasks_per_class": "tpc"}  # fmt: skip
 """Meta-World's protocol flags -> their part of the file name, when not the default."""
 
 
@@ -125,15 +136,29 @@ def cell_size(text: str) -> tuple[int, int]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+class EvaluateParser(OneLineErrorParser):
+    """evaluate's parser: ``--adapt-steps`` left out takes its ``--protocol``'s default."""
+
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        parsed, extra = super().parse_known_args(args, namespace)
+        if getattr(parsed, "adapt_steps", 0) is None:
+            parsed.adapt_steps = ADAPT_STEPS[parsed.protocol]
+        return parsed, extra
+
+
 def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
-    parser = OneLineErrorParser(
+    parser = EvaluateParser(
         prog=prog,
         description="Meta-test a run: adapt on held-out tasks, print and save the returns.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     add_run_and_checkpoint(parser)
     parser.add_argument(
-        "--adapt-steps", type=at_least(0), default=3, help="adaptation steps (RL2: episodes - 1)"
+        "--adapt-steps",
+        type=at_least(0),
+        default=None,
+        help="adaptation steps (RL2: episodes - 1); default 3, with --protocol metaworld "
+        "Meta-World's adaptation_steps (1)",
     )
     parser.add_argument(
         "--tasks",
@@ -149,7 +174,11 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
         "--episodes",
         type=at_least(0),
         default=0,
-        help="episodes per task per step; 0 = the run's value",
+        help="episodes per task per step; 0 = the run's value (--protocol metaworld: "
+        "adaptation_episodes; 0 = what the learner was trained to adapt from: MAML-family "
+        "the run's episodes_per_task (an inner step's data), RL2 its episodes per trial - 1 "
+        "(the scored episode is then the last of a trained trial), PEARL its prior + "
+        "posterior episodes per iteration (its encoder's context))",
     )
     parser.add_argument(
         "--workers", type=at_least(-1), default=-1, help="rollout workers (-1 = per core)"
@@ -179,10 +208,16 @@ def build_parser(prog: str = PROG) -> argparse.ArgumentParser:
                           help="rounds of test tasks (Meta-World's num_evals)")  # fmt: skip
     protocol.add_argument("--protocol-envs", type=at_least(1),
                           default=PROTOCOL_DEFAULTS["protocol_envs"],
-                          help="test sub-envs (ML10/ML45: a multiple of 5)")  # fmt: skip
+                          help="test sub-envs, make_ml_envs_test's meta_batch_size "
+                          "(ML10/ML45: a multiple of 5)")  # fmt: skip
     protocol.add_argument("--protocol-eval-episodes", type=at_least(1),
                           default=PROTOCOL_DEFAULTS["protocol_eval_episodes"],
-                          help="evaluation episodes per class per round")  # fmt: skip
+                          help="evaluation episodes scored per class per round: the first "
+                          "to end (Meta-World's evaluation_episodes)")  # fmt: skip
+    protocol.add_argument("--protocol-tasks-per-class", type=at_least(0),
+                          default=PROTOCOL_DEFAULTS["protocol_tasks_per_class"],
+                          help="test tasks per class split over the sub-envs "
+                          "(total_tasks_per_cls; 0 = all 50)")  # fmt: skip
     video = parser.add_argument_group(
         "video", 'watch it adapt (MP4 and GIF need pip install "metarl[video]")'
     )
@@ -304,8 +339,10 @@ def check_counts(args: argparse.Namespace, pool_size: int) -> None:
 
 
 def eval_config(state: dict, args: argparse.Namespace):
-    """The checkpoint's config with the evaluation's system flags (workers, sampler)."""
-    overrides = {"workers": args.workers, "seed": state["config"]["seed"]}
+    """The checkpoint's config with the evaluation's system flags (workers, sampler); a
+    run trained on CUDA runs on CPU where there is no CUDA (:func:`restore_device`)."""
+    overrides = {"workers": args.workers, "seed": state["config"]["seed"],
+                 "device": restore_device(state["config"].get("device", "auto"))}  # fmt: skip
     if args.sampler is not None:  # a run trained on a Ray cluster can be evaluated locally
         overrides["sampler"] = args.sampler
         overrides |= {key: "" for spec in BACKENDS.values() for key in spec.options
@@ -384,8 +421,11 @@ def eval_name(args: argparse.Namespace, config, iteration: int) -> str:
     parts: list[tuple[str, Any]] = []
     if args.protocol == "metarl" and 0 < args.n_tasks < pool_size(config, args.tasks):
         parts.append(("n", args.n_tasks))
-    parts += common_variants(args, config)
-    if args.protocol == "metaworld":
+    if args.protocol == "metarl":
+        parts += common_variants(args, config)
+    else:  # its episodes default to the learner's trained value: named whenever given
+        parts += [("ep", args.episodes)] if args.episodes else []
+        parts += [("seed", args.seed)] if args.seed != DEFAULT_SEED else []
         parts += [(PROTOCOL_PARTS[flag], getattr(args, flag)) for flag, default
                   in PROTOCOL_DEFAULTS.items() if getattr(args, flag) != default]  # fmt: skip
     # Meta-World's protocol runs on the benchmark's own test envs, whatever --tasks says
@@ -622,16 +662,41 @@ def protocol_evaluation(args: argparse.Namespace, state: dict, config, path: Pat
         return 0
     run = restore(state, config, run_dir)
     try:
-        evaluate_run(
-            run, checkpoint=str(path), iteration=iteration, path=out,
-            n_envs=args.protocol_envs, tasks_per_env=2, num_evals=args.protocol_evals,
-            adaptation_steps=args.adapt_steps, adaptation_episodes=episodes(args, config),
-            evaluation_episodes=args.protocol_eval_episodes, seed=args.seed,
-            extra={"protocol": "metaworld", "seed": args.seed, **record},
+        made = evaluate_run(
+            run, protocol_settings(args), checkpoint=str(path), iteration=iteration, path=out,
+            seed=args.seed, extra={"protocol": "metaworld", "seed": args.seed, **record},
         )  # fmt: skip
+        unit = run.learner.adaptation_unit
     finally:
         run.sampler.close()
+    used = made["metaworld_calls"]["metaworld.evaluation.metalearning_evaluation"]["arguments"]
+    steps = used["adaptation_steps"] * (1 if unit == "step" else used["adaptation_episodes"])
+    print(
+        f"metarl's own meta-test, on all {pool_size(config, 'benchmark')} tasks of the "
+        f"benchmark's test set: python -m metarl.evaluate {run_dir} --adapt-steps {steps}"
+    )
     return 0
+
+
+def protocol_settings(args: argparse.Namespace):
+    """What ``--protocol metaworld`` passes to Meta-World, from the flags (``--episodes`` 0:
+    the learner's trained value), naming the flags that changed a default."""
+    from metarl.metaworld_protocol import ProtocolSettings
+
+    flags = {
+        PROTOCOL_ARGUMENTS[flag]: f"--{flag.replace('_', '-')} {getattr(args, flag)}"
+        for flag, default in PROTOCOL_DEFAULTS.items()
+        if getattr(args, flag) != default
+    }
+    if args.adapt_steps != ADAPT_STEPS["metaworld"]:
+        flags["adaptation_steps"] = f"--adapt-steps {args.adapt_steps}"
+    if args.episodes:
+        flags["adaptation_episodes"] = f"--episodes {args.episodes}"
+    return ProtocolSettings(
+        num_evals=args.protocol_evals, adaptation_steps=args.adapt_steps,
+        adaptation_episodes=args.episodes, evaluation_episodes=args.protocol_eval_episodes,
+        n_envs=args.protocol_envs, tasks_per_class=args.protocol_tasks_per_class, flags=flags,
+    )  # fmt: skip
 
 
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:

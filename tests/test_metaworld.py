@@ -156,16 +156,20 @@ def test_metaworlds_own_protocol_scores_a_checkpoint_as_metarls_meta_test(tmp_pa
     family = make_config_env(config).unwrapped
     build_task_pools(config, family)  # the benchmark seed of this run's pools
     recurrent = algo == "rl2"  # RL2 reads the evaluation rewards from the observation
-    envs = protocol_envs(family, n_envs=2, tasks_per_env=1, horizon=20, recurrent=recurrent)
+    envs = protocol_envs(family, n_envs=2, tasks_per_class=2, horizon=20,
+                         reward_in_observation=recurrent)  # fmt: skip
     key = ("protocol-test",)
     agent = make_protocol_agent(run.learner, n_envs=2, horizon=20, seed=run.sampler.seed,
                                 batch_key=key, low=-np.ones(4), high=np.ones(4))  # fmt: skip
+    assert agent.reward_in_observation == recurrent
     # one adaptation episode per task, then one evaluation episode per task (2 per class)
-    official = run_protocol(agent, envs, num_evals=1, adaptation_steps=1,
-                            adaptation_episodes=1, evaluation_episodes=2)  # fmt: skip
-    # each sub-env holds one task: the first two of the benchmark's test set, in order
+    sizes = {"num_evals": 1, "adaptation_steps": 1, "adaptation_episodes": 1}
+    official = run_protocol(agent, envs, {**sizes, "evaluation_episodes": 2})
+    # each sub-env holds one task: the first two of the benchmark's test set, in order;
+    # round 0 of the protocol is meta_test with the batch key (*key, 0)
     tasks = list(benchmark_tasks("ML1", "reach-v3", family.benchmark_seed)[1][:2])
-    ours = run.learner.meta_test(tasks, adapt_steps=1, episodes_per_task=1, batch_key=key)
+    ours = run.learner.meta_test(tasks, adapt_steps=1, episodes_per_task=1,
+                                 batch_key=(*key, 0))  # fmt: skip
     assert set(official.success_per_class) == {"reach-v3"}
     # a random 8-unit policy does not reach the goal in 20 steps, so no episode ended early
     # and the official returns are metarl's full-horizon ones

@@ -174,7 +174,10 @@ class MetaWorldAgentMaker(Protocol):
         """An agent with ``metaworld.evaluation``'s interface (``init``, ``adapt_action``,
         ``step``, ``adapt``, ``eval_action``, ``reset``) acting for ``n_envs`` sub-envs
         as this learner's meta-test acts: noise of the sampler's ``seed`` and
-        ``batch_key``, actions clipped to ``[low, high]``."""
+        ``batch_key``, actions clipped to ``[low, high]``. It also says
+        ``reward_in_observation`` (whether its envs must carry the reward in the
+        observation) and ``trained`` (a :class:`~metarl.metaworld_protocol.TrainedAdaptation`:
+        the adaptation episodes the learner was trained to adapt from, or ``None``)."""
         ...
 
 

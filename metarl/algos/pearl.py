@@ -432,9 +432,7 @@ class PEARL:
         contexts: list[list[torch.Tensor]] = [[] for _ in run]
         out = torch.zeros(k_total, len(run))
         infos: dict[str, torch.Tensor] = {}  # key -> [K + 1, len(run)]
-        # its own generator: a meta-test must not move the training's random stream, or a
-        # resumed run (whose first part ended with a meta-test) would differ from a straight one
-        gen = torch.Generator().manual_seed(derive_seed(self.seed, "pearl-meta-test", *batch_key))
+        gen = self.meta_test_generator(batch_key)
         for k in range(k_total):
             if k == 0:
                 z = self.prior_z(len(run), gen)
@@ -453,6 +451,32 @@ class PEARL:
             return x.view(k_total, n_tasks, trials).mean(-1)
 
         return AdaptationCurve(per_task(out), {key: per_task(v) for key, v in infos.items()})
+
+    def meta_test_generator(self, batch_key: tuple) -> torch.Generator:
+        """The generator of a meta-test's z draws (CPU). Its own: a meta-test must not move
+        the training's random stream, or a resumed run (whose first part ended with a
+        meta-test) would differ from a straight one."""
+        return torch.Generator().manual_seed(derive_seed(self.seed, "pearl-meta-test", *batch_key))
+
+    def metaworld_agent(
+        self, *, n_envs: int, horizon: int, seed: int, batch_key: tuple, low: Any, high: Any
+    ) -> Any:
+        """Meta-World's protocol agent (:class:`~metarl.algos.base.MetaWorldAgentMaker`):
+        prior z for a round's first episode, then the posterior over the context so far,
+        as :meth:`meta_test`. Its default adaptation episodes are those the encoder's
+        context came from in training (prior plus posterior episodes per iteration)."""
+        from metarl.metaworld_protocol import LatentProtocolAgent, TrainedAdaptation
+
+        o = self.o
+        episodes = max(1, o.pearl_prior_episodes + o.pearl_posterior_episodes)
+        why = (
+            f"the encoder's context came from {o.pearl_prior_episodes} prior-z + "
+            f"{o.pearl_posterior_episodes} posterior-z episodes per task per iteration"
+        )
+        trained = TrainedAdaptation(episodes, why)
+        return LatentProtocolAgent(self, n_envs=n_envs, horizon=horizon, seed=seed,
+                                   batch_key=batch_key, low=low, high=high,
+                                   trained=trained)  # fmt: skip
 
     # -- the SAC + encoder update, batched over the meta-batch's tasks ----------------------
     def _minibatch(self) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
