@@ -49,6 +49,8 @@ import torch
 
 FORMAT_VERSION = 1
 REQUIRED_KEYS = ("iteration", "env_steps", "config", "learner")
+CONFIG_KEYS = ("env", "algo", "seed")
+"""Config keys every checkpoint has saved: without them the run cannot be rebuilt."""
 _PERIODIC = re.compile(r"^iter_(\d{6})\.pt$")
 SLIM_KEYS = ("format_version", "slim", "iteration", "env_steps", "config", "learner")
 """Every key of a slim checkpoint."""
@@ -173,21 +175,53 @@ def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise CheckpointError(
             f"checkpoint {str(path)!r} is unreadable (corrupt?): {reason}"
         ) from exc
-    if not isinstance(state, dict) or state.get("format_version") != FORMAT_VERSION:
+    version = state.get("format_version") if isinstance(state, dict) else None
+    if _is_int(version) and version > FORMAT_VERSION:
+        raise CheckpointError(
+            f"checkpoint {str(path)!r} is format v{version}, written by a newer metarl; "
+            f"this one reads v{FORMAT_VERSION}: upgrade metarl to load it"
+        )
+    if version != FORMAT_VERSION or not _is_int(version):
         raise CheckpointError(
             f"checkpoint {str(path)!r} is not a metarl v{FORMAT_VERSION} checkpoint"
         )
     missing = [key for key in REQUIRED_KEYS if key not in state]
     if missing:
         raise CheckpointError(f"checkpoint {str(path)!r} is incomplete: it lacks {missing}")
+    malformed = _malformed(state)
+    if malformed:  # a hand-edited file: one line here, not a traceback deep in a command
+        raise CheckpointError(f"checkpoint {str(path)!r} is malformed: {malformed}")
     return state
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _malformed(state: dict[str, Any]) -> str:
+    """What is wrong with the required keys' values of a loaded checkpoint ("" if nothing):
+    counts that are not ints >= 0, a config that lacks :data:`CONFIG_KEYS`, a learner
+    state that is not a dict."""
+    for key in ("iteration", "env_steps"):
+        if not _is_int(state[key]) or state[key] < 0:
+            return f"{key!r} is {state[key]!r}, not an int >= 0"
+    config = state["config"]
+    if not isinstance(config, dict):
+        return f"'config' is a {type(config).__name__}, not a dict of config keys"
+    lacking = [key for key in CONFIG_KEYS if key not in config]
+    if lacking:
+        return f"its config lacks {lacking}"
+    if not isinstance(state["learner"], dict):
+        return f"'learner' is a {type(state['learner']).__name__}, not a dict"
+    return ""
 
 
 def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path:
     """The newest periodic checkpoint of ``run_dir``."""
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
-        raise CheckpointError(f"run directory {str(run_dir)!r} does not exist")
+        what = "is not a directory" if run_dir.exists() else "does not exist"
+        raise CheckpointError(f"run directory {str(run_dir)!r} {what}")
     found = periodic_checkpoints(run_dir)
     if not found:
         raise CheckpointError(f"run directory {str(run_dir)!r} holds no checkpoint")
@@ -195,14 +229,19 @@ def latest_checkpoint(run_dir: str | os.PathLike[str]) -> Path:
 
 
 def load_latest(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
-    """Load the newest periodic checkpoint; if it is corrupt, say which older one exists.
+    """Load the newest periodic checkpoint to resume from; if it is corrupt, say which
+    older one exists.
 
     A corrupt newest checkpoint is an error, not a silent fall-back: with atomic
-    writes it means the disk or a person changed the file.
+    writes it means the disk or a person changed the file. A full checkpoint must also
+    hold the RNG states that resuming restores (``rng``, or ``torch_rng`` before it).
     """
     path = latest_checkpoint(run_dir)
     try:
-        return load_checkpoint(path)
+        state = load_checkpoint(path)
+        if not is_slim(state) and "rng" not in state and "torch_rng" not in state:
+            raise CheckpointError(f"checkpoint {str(path)!r} is incomplete: it lacks ['rng']")
+        return state
     except CheckpointError as exc:
         older = periodic_checkpoints(run_dir)[:-1]
         if not older:

@@ -106,6 +106,13 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name == "envs":
+        if rest in (["-h"], ["--help"]):
+            print(f"usage: metarl envs\n\n{SUBCOMMANDS['envs'][1]}")
+            return 0
+        if rest:  # it takes no flags: a typo is not silently ignored
+            print(f"error: unrecognized arguments: {' '.join(rest)} (metarl envs takes none)",
+                  file=sys.stderr)  # fmt: skip
+            return 2
         print(registry.family_table())
         return 0
     module = importlib.import_module(SUBCOMMANDS[name][0])

@@ -199,11 +199,18 @@ def _validate_sampler(config: Any) -> None:
         raise ConfigError(f"config key 'sampler': {config.sampler!r} {missing}")
 
 
+def restore_device(saved: str) -> str:
+    """The ``device`` to rebuild a saved run on for evaluate and export: a run trained with
+    ``cuda`` on CUDA where this machine has it, else on CPU (checkpoints load onto the CPU)."""
+    return "auto" if saved == "cuda" else saved
+
+
 def load_yaml(path: str | Path) -> dict[str, Any]:
     """Read a YAML config file into a dict of keys; clear errors for missing/invalid files."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"config file {str(path)!r} does not exist")
+        what = "is not a file" if path.exists() else "does not exist"
+        raise ConfigError(f"config file {str(path)!r} {what}")
     try:
         data = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:

@@ -51,10 +51,12 @@ def slim_of(state: dict, run_dir: Path) -> dict:
     rebuilt from the config (no rollouts) to ask it for its slim state."""
     if is_slim(state):
         return state
+    from metarl.config import restore_device
     from metarl.configure import restored_config
     from metarl.run import restore_run
 
-    config = restored_config(state["config"], {"workers": 0})
+    device = restore_device(state["config"].get("device", "auto"))
+    config = restored_config(state["config"], {"workers": 0, "device": device})
     run = restore_run(state, config, run_dir)
     try:
         return slim_checkpoint(state, slim_state(run.learner))

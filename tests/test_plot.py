@@ -165,7 +165,7 @@ def test_eval_pool_and_svg(runs, tmp_path):
     assert out.read_text().lstrip().startswith("<?xml")
 
 
-def test_group_by_keys_and_one_seed_groups_have_no_band(runs, tmp_path):
+def test_group_by_keys_and_one_seed_groups_have_no_band(runs, tmp_path, capsys):
     data = data_of(runs, group_by=("algo", "seed"))
     assert [g.legend_label for g in data.groups] == [
         "maml-trpo, seed=0 (1 seed)",
@@ -176,12 +176,15 @@ def test_group_by_keys_and_one_seed_groups_have_no_band(runs, tmp_path):
     curve = data.groups[0].panels["steps"]
     assert curve.mean.tolist() == curve.low.tolist() == curve.high.tolist() == STEP_TESTS[0]
     fig = plot_cli.render(data)
-    assert all(len(ax.collections) == 0 for ax in fig.axes)
+    assert [len(ax.collections) for ax in fig.axes] == [0, 0, 0]  # three panels, no band
+    assert all(ax.lines for ax in fig.axes)  # but their curves
     # repeated and comma-separated --group-by are the same
     out = tmp_path / "by_seed.png"
-    assert run_plot([*map(str, runs), "--out", str(out), "--group-by", "seed"]) == 0
-    argv = [*map(str, runs), "--out", str(out), "--group-by", "env", "--group-by", "algo,seed"]
-    assert run_plot(argv) == 0
+    printed = []
+    for group_by in (["env,algo,seed"], ["env", "--group-by", "algo,seed"]):
+        assert run_plot([*map(str, runs), "--out", str(out), "--group-by", *group_by]) == 0
+        printed.append(capsys.readouterr().out)
+    assert printed[0] == printed[1] and printed[0].count(" seed=") == 4, printed
     assert [g.label for g in data_of(runs, group_by=("seed",)).groups] == ["seed=0", "seed=1"]
 
 
