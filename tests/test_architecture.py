@@ -29,7 +29,7 @@ from metarl.run import build_run
 
 ROOT = Path(__file__).parents[1]
 CLI_MODULES = {"metarl.train", "metarl.evaluate", "metarl.baselines", "metarl.cli", "metarl.plot",
-               "metarl.export"}  # fmt: skip
+               "metarl.export", "metarl.results"}  # fmt: skip
 
 
 def module_imports() -> dict[str, set[str]]:
@@ -113,8 +113,8 @@ def test_every_registered_algorithm_is_an_algorithm_with_its_own_keys():
             prefix = {f.name.split("_")[0] for f in dataclasses.fields(group)}
             assert len(prefix) == 1 or group is entry.policy_group, (group, prefix)
     titles = [title for title, _ in titled_groups()]
-    assert "inner loop (maml-trpo, maml-ppo, reptile, meta-sgd)" in titles
-    assert "PPO update (maml-ppo, rl2, meta-sgd)" in titles
+    assert "inner loop (maml-trpo, maml-ppo, reptile, meta-sgd, meta-lstm)" in titles
+    assert "PPO update (maml-ppo, rl2, meta-sgd, meta-lstm, varibad)" in titles
 
 
 def test_help_lists_each_algorithms_flags_under_its_group():
@@ -122,8 +122,8 @@ def test_help_lists_each_algorithms_flags_under_its_group():
                             capture_output=True, text=True, timeout=60)  # fmt: skip
     assert result.returncode == 0
     text = result.stdout
-    trpo = text.index("TRPO outer update (maml-trpo, meta-sgd):")
-    assert text.index("--trpo-max-kl", trpo) < text.index("PPO update (maml-ppo, rl2, meta-sgd):")
+    trpo = text.index("TRPO outer update (maml-trpo, meta-sgd, meta-lstm):")
+    assert text.index("--trpo-max-kl", trpo) < text.index("PPO update (maml-ppo, rl2, meta-sgd,")
     rl2 = text.index("RL2 (rl2):")
     assert rl2 > trpo and "--rl2-gae-lambda" in text[rl2:]
     assert "--max-kl" not in text  # old names parse, but --help shows the current ones
@@ -157,8 +157,10 @@ EXTENSIONS = {  # what each learner provides today
     "maml-ppo": {ReportsProgress, ShowsAdaptation, MetaWorldAgentMaker},
     "reptile": {ReportsProgress, ShowsAdaptation, MetaWorldAgentMaker},
     "meta-sgd": {ReportsProgress, ShowsAdaptation, MetaWorldAgentMaker},
+    "meta-lstm": {ReportsProgress, ShowsAdaptation, MetaWorldAgentMaker},
     "rl2": {ReportsProgress, ShowsAdaptation, MetaWorldAgentMaker},
-    "pearl": set(),
+    "pearl": {MetaWorldAgentMaker},
+    "varibad": {ReportsProgress, ShowsAdaptation, MetaWorldAgentMaker},
 }
 
 

@@ -28,12 +28,14 @@ EXPERIMENTS = sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml"))
 
 # One key of another algorithm's group for each algorithm, and who reads it.
 FOREIGN = {
-    "maml-trpo": ("ppo_lr", "maml-ppo, rl2, meta-sgd"),
-    "maml-ppo": ("trpo_max_kl", "maml-trpo, meta-sgd"),
-    "rl2": ("trpo_max_kl", "maml-trpo, meta-sgd"),
-    "reptile": ("inner_steps", "maml-trpo, maml-ppo, meta-sgd"),
+    "maml-trpo": ("ppo_lr", "maml-ppo, rl2, meta-sgd, meta-lstm, varibad"),
+    "maml-ppo": ("trpo_max_kl", "maml-trpo, meta-sgd, meta-lstm"),
+    "rl2": ("trpo_max_kl", "maml-trpo, meta-sgd, meta-lstm"),
+    "reptile": ("inner_steps", "maml-trpo, maml-ppo, meta-sgd, meta-lstm"),
     "meta-sgd": ("reptile_outer_lr", "reptile"),
-    "pearl": ("hidden_sizes", "maml-trpo, maml-ppo, reptile, meta-sgd"),
+    "meta-lstm": ("reptile_outer_lr", "reptile"),
+    "pearl": ("hidden_sizes", "maml-trpo, maml-ppo, reptile, meta-sgd, meta-lstm"),
+    "varibad": ("pearl_lr", "pearl"),
 }
 
 
@@ -155,7 +157,8 @@ def test_a_saved_config_of_the_old_flat_format_is_read_with_other_algorithms_key
 def test_each_member_of_the_gradient_family_defaults_to_its_own_outer_update():
     outer = {a: build_config({"algo": a}).to_dict().get("outer") for a in ALGORITHMS}
     assert outer == {"maml-trpo": "trpo", "maml-ppo": "ppo", "rl2": None, "reptile": "reptile",
-                     "meta-sgd": "trpo", "pearl": None}  # fmt: skip
+                     "meta-sgd": "trpo", "meta-lstm": "trpo", "pearl": None,
+                     "varibad": None}  # fmt: skip
 
 
 def test_importing_the_config_imports_no_algorithm_module():
