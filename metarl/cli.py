@@ -87,6 +87,7 @@ SUBCOMMANDS = {
     "baselines": ("metarl.baselines", "stable-baselines3 PPO baselines on the same tasks"),
     "export": ("metarl.export", "write a slim checkpoint: what evaluate needs, nothing else"),
     "plot": ("metarl.plot", "compare runs: curves over seeds with bootstrap bands"),
+    "results": ("metarl.results", "the results tables and figures from experiments/results.yaml"),
     "envs": (None, "list the task families"),
 }
 

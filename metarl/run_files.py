@@ -171,7 +171,10 @@ def read_eval(path: Path) -> EvalResult | None:
     if not metrics:
         return None
     unit_name = str(report.get("unit", "adaptation step"))
-    pool = str(report.get("pool", report.get("tasks", "test")))
+    pool = report.get("pool", report.get("tasks", "test"))
+    if isinstance(pool, dict):  # evaluate records the pool as {"name": ..., "size": ...}
+        pool = pool.get("name", report.get("tasks", "test"))
+    pool = str(pool)
     return EvalResult(path, iteration, pool, unit_of(unit_name), unit_name, metrics)
 
 
@@ -183,6 +186,31 @@ def read_run(run_dir: Path) -> RunData:
         progress=read_progress(run_dir),
         evals=tuple(e for e in evals if e is not None),
     )
+
+
+def read_events(run_dir: Path) -> list[dict[str, str]] | None:
+    """The run's TensorBoard scalars as :func:`read_progress`'s rows (iteration -> tag ->
+    value as text), sorted by iteration; None without event files.
+
+    A run resumed from an earlier checkpoint logs some iterations twice: the later write
+    (by wall time) is kept, as the resumed run replaced the first one's.
+    """
+    if not any(run_dir.glob("events.out.tfevents.*")):
+        return None
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    accumulator = EventAccumulator(str(run_dir), size_guidance={"scalars": 0})
+    accumulator.Reload()
+    rows: dict[int, dict[str, tuple[float, str]]] = {}
+    for tag in accumulator.Tags()["scalars"]:
+        for event in accumulator.Scalars(tag):
+            row = rows.setdefault(int(event.step), {})
+            if tag not in row or event.wall_time >= row[tag][0]:
+                row[tag] = (event.wall_time, repr(float(event.value)))
+    return [
+        {"iteration": str(step), **{tag: value for tag, (_, value) in rows[step].items()}}
+        for step in sorted(rows)
+    ]
 
 
 def progress_metrics(rows: list[dict[str, str]] | None) -> dict[str, tuple[str, list[int]]]:

@@ -24,7 +24,13 @@ from metarl.configure import (
 )
 from metarl.policies.gaussian_mlp import MLPPolicyOptions
 
-EXPERIMENTS = sorted((Path(__file__).parents[1] / "experiments").glob("*.yaml"))
+MANIFEST = "results.yaml"
+"""experiments/results.yaml is the results manifest (tests/test_results.py), not a run config."""
+EXPERIMENTS = sorted(
+    path
+    for path in (Path(__file__).parents[1] / "experiments").glob("*.yaml")
+    if path.name != MANIFEST
+)
 
 # One key of another algorithm's group for each algorithm, and who reads it.
 FOREIGN = {

@@ -22,7 +22,7 @@ import gymnasium
 import pytest
 from gymnasium.utils.env_checker import check_env
 
-from metarl import baselines, evaluate, plot, register_family, registry
+from metarl import baselines, evaluate, plot, register_family, registry, results
 from metarl import train as train_cli
 from metarl.config import load_yaml
 from metarl.configure import build_config, config_overrides, renamed
@@ -35,7 +35,13 @@ SHRINK = ["--iterations", "1", "--meta-batch-size", "2", "--episodes-per-task", 
           "--eval-every", "0", "--hidden-sizes", "8", "--quiet"]  # fmt: skip
 """Appended to a README training command: every size knob at its smallest."""
 EVAL_SHRINK = ["--n-tasks", "1", "--episodes", "1", "--workers", "0"]
-COMMANDS = {"train": train_cli, "evaluate": evaluate, "baselines": baselines, "plot": plot}
+COMMANDS = {
+    "train": train_cli,
+    "evaluate": evaluate,
+    "baselines": baselines,
+    "plot": plot,
+    "results": results,
+}
 COMMAND = re.compile(
     r"^(?:[A-Z_]+=\S+\s+)*"  # MUJOCO_GL=egl
     r"(?:python -m metarl\.(?P<module>\w+)|python (?P<script>\w+\.py)|metarl (?P<sub>\w+))"
