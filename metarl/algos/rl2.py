@@ -80,6 +80,33 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+def trial_meta_test(
+    sample: Any, tasks: list, adapt_steps: int, episodes_per_task: int, batch_key: tuple
+) -> AdaptationCurve:
+    """An in-context learner's meta-test: episode k = 1..adapt_steps+1 of a trial, per task
+    (``[K, T]`` each). ``episodes_per_task`` is read as trials per task (each of
+    ``adapt_steps + 1`` episodes), so the data budget matches MAML's meta-test.
+
+    ``sample(tasks, trials=, episodes=, batch_key=)`` collects the trials (the learner's own
+    sampling, so RL² and VariBAD share this rule).
+    """
+    batch = sample(
+        tasks,
+        trials=max(1, episodes_per_task // (adapt_steps + 1)),
+        episodes=adapt_steps + 1,
+        batch_key=batch_key,
+    )
+    return trial_curve(batch)
+
+
+def trial_actors(policy: Any, n_tasks: int, adapt_steps: int) -> list[list[ActorRun]]:
+    """Per task, one trial of ``adapt_steps + 1`` episodes of an in-context policy: it adapts
+    in its state (hidden state, cache, belief), not its weights, so nothing is sampled
+    here; the actor carries that state from one episode to the next as it acts."""
+    shared = {name: value[None] for name, value in params_to_numpy(policy.params()).items()}
+    return [[ActorRun(policy.spec.make_actor(shared), adapt_steps + 1)] for _ in range(n_tasks)]
+
+
 def trial_curve(batch: TrialBatch) -> AdaptationCurve:
     """Each task's mean over its trials of episode k = 1..K's return and infos: ``[K, T]``."""
     return AdaptationCurve(
@@ -186,18 +213,8 @@ class RL2:
         self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
     ) -> AdaptationCurve:
         """Mean return (and infos) of episode k = 1..adapt_steps+1 of a trial, per task:
-        ``[K, T]`` each.
-
-        ``episodes_per_task`` is read as trials per task (each of ``adapt_steps + 1``
-        episodes) so the data budget matches MAML's meta-test.
-        """
-        batch = self._sample(
-            tasks,
-            trials=max(1, episodes_per_task // (adapt_steps + 1)),
-            episodes=adapt_steps + 1,
-            batch_key=batch_key,
-        )
-        return trial_curve(batch)
+        ``[K, T]`` each (:func:`trial_meta_test`)."""
+        return trial_meta_test(self._sample, tasks, adapt_steps, episodes_per_task, batch_key)
 
     def adapted_actors(
         self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
@@ -207,10 +224,7 @@ class RL2:
         RL2 adapts in its hidden state, not its weights, so nothing is sampled here: the
         trial's actor carries its state from one episode to the next as it acts.
         """
-        shared = {
-            name: value[None] for name, value in params_to_numpy(self.policy.params()).items()
-        }
-        return [[ActorRun(self.policy.spec.make_actor(shared), adapt_steps + 1)] for _ in tasks]
+        return trial_actors(self.policy, len(tasks), adapt_steps)
 
     # -- the PPO update over whole trials -----------------------------------------------------
     def update(self, batch) -> dict[str, float]:

@@ -38,7 +38,7 @@ import torch
 
 from metarl.algos.base import ActorRun, AdaptationCurve, Algorithm, IterationResult
 from metarl.algos.ppo import PPOOptions, lr_anneal_iterations
-from metarl.algos.rl2 import ENTROPY_CONST, masked_mean, trial_curve
+from metarl.algos.rl2 import ENTROPY_CONST, masked_mean, trial_actors, trial_meta_test
 from metarl.algos.varibad_buffer import TrialBuffer
 from metarl.algos.varibad_vae import ELBOTerms, PairDecoder, Trials, elbo_terms
 from metarl.optim import apply_scheduled_lr, clipped_surrogate, past_kl_target
@@ -270,21 +270,14 @@ class VariBAD:
         ``[K, T]`` each; ``episodes_per_task`` is read as trials per task (each of
         ``adapt_steps + 1`` episodes), as RL2's. It draws nothing from the training's
         generator: the sampler's noise is keyed by ``batch_key``."""
-        batch = self._sample(
-            tasks,
-            trials=max(1, episodes_per_task // (adapt_steps + 1)),
-            episodes=adapt_steps + 1,
-            batch_key=batch_key,
-        )
-        return trial_curve(batch)
+        return trial_meta_test(self._sample, tasks, adapt_steps, episodes_per_task, batch_key)
 
     def adapted_actors(
         self, tasks: list, *, adapt_steps: int, episodes_per_task: int, batch_key: tuple
     ) -> list[list[ActorRun]]:
         """Per task, one trial of ``adapt_steps + 1`` episodes: the belief adapts as it acts
         (:class:`~metarl.algos.base.ShowsAdaptation`)."""
-        shared = {k: v[None] for k, v in params_to_numpy(self.policy.params()).items()}
-        return [[ActorRun(self.policy.spec.make_actor(shared), adapt_steps + 1)] for _ in tasks]
+        return trial_actors(self.policy, len(tasks), adapt_steps)
 
     def metaworld_agent(
         self, *, n_envs: int, horizon: int, seed: int, batch_key: tuple, low: Any, high: Any
