@@ -652,8 +652,14 @@ def report(tasks: list, curve: AdaptationCurve, column: str, meta: dict) -> dict
 def protocol_evaluation(args: argparse.Namespace, state: dict, config, path: Path,
                         record: dict) -> int:  # fmt: skip
     """``--protocol metaworld``: Meta-World's meta-test (:mod:`metarl.metaworld_protocol`)."""
-    from metarl.metaworld_protocol import evaluate_run
+    from metarl.metaworld_protocol import check_metaworld_family, evaluate_run
+    from metarl.run import make_config_env
 
+    env = make_config_env(config)  # refuse a non-Meta-World run before its workers start
+    try:
+        check_metaworld_family(env.unwrapped, config.env)
+    finally:
+        env.close()
     run_dir = Path(args.run_dir)
     iteration = state["iteration"] + 1
     out = run_dir / "eval" / f"{eval_name(args, config, iteration)}.json"

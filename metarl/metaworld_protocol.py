@@ -604,6 +604,17 @@ def run_protocol(agent: Any, envs: Any, arguments: dict) -> ProtocolResult:
     )
 
 
+def check_metaworld_family(family: Any, env_name: str) -> None:
+    """One line (``FamilyUnavailableError``, exit 2) unless ``family`` is a Meta-World one:
+    the protocol scores nothing else."""
+    from metarl.envs.base import FamilyUnavailableError
+
+    if not hasattr(family, "benchmark_seed"):
+        raise FamilyUnavailableError(
+            f"--protocol metaworld scores Meta-World runs; this run is of {env_name!r}"
+        )
+
+
 def evaluate_run(run: Any, settings: ProtocolSettings, *, checkpoint: str, iteration: int,
                  path: Any, seed: int, extra: dict | None = None) -> dict:  # fmt: skip
     """Score a restored run with Meta-World's protocol; print it and write a JSON at ``path``
@@ -611,16 +622,12 @@ def evaluate_run(run: Any, settings: ProtocolSettings, *, checkpoint: str, itera
     metaworld``): the result, every argument of both calls into Meta-World with its
     default and why it differs (``metaworld_calls``), and ``extra`` (how it was made).
     Returns what the JSON holds."""
-    from metarl.envs.base import FamilyUnavailableError
     from metarl.run import build_task_pools, make_config_env
 
     config = run.config
     family = make_config_env(config).unwrapped
     try:
-        if not hasattr(family, "benchmark_seed"):
-            raise FamilyUnavailableError(
-                f"--protocol metaworld scores Meta-World runs; this run is of {config.env!r}"
-            )
+        check_metaworld_family(family, config.env)
         metaworld = import_metaworld()
         build_task_pools(config, family)  # the benchmark seed of the run's pools
         space = family.action_space
