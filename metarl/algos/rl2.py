@@ -80,6 +80,20 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (values * mask).sum() / mask.sum().clamp_min(1.0)
 
 
+def sample_policy_trials(
+    sampler: Any, policy: Any, tasks: list, *, trials: int, episodes: int, batch_key: tuple
+) -> TrialBatch:
+    """``trials`` trials of ``episodes`` episodes per task, acted by ``policy``'s current
+    parameters (one set shared by every task): how RL² and VariBAD collect data."""
+    return sampler.sample_trials(
+        tasks,
+        params_to_numpy(policy.params()),
+        trials_per_task=trials,
+        episodes_per_trial=episodes,
+        batch_key=batch_key,
+    )
+
+
 def trial_meta_test(
     sample: Any, tasks: list, adapt_steps: int, episodes_per_task: int, batch_key: tuple
 ) -> AdaptationCurve:
@@ -170,12 +184,8 @@ class RL2:
 
     # -- data ----------------------------------------------------------------------------
     def _sample(self, tasks: list, *, trials: int, episodes: int, batch_key: tuple):
-        return self.sampler.sample_trials(
-            tasks,
-            params_to_numpy(self.policy.params()),
-            trials_per_task=trials,
-            episodes_per_trial=episodes,
-            batch_key=batch_key,
+        return sample_policy_trials(
+            self.sampler, self.policy, tasks, trials=trials, episodes=episodes, batch_key=batch_key
         )
 
     def train_iteration(self, tasks: list, iteration: int) -> IterationResult:

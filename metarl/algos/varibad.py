@@ -38,13 +38,19 @@ import torch
 
 from metarl.algos.base import ActorRun, AdaptationCurve, Algorithm, IterationResult
 from metarl.algos.ppo import PPOOptions, lr_anneal_iterations
-from metarl.algos.rl2 import ENTROPY_CONST, masked_mean, trial_actors, trial_meta_test
+from metarl.algos.rl2 import (
+    ENTROPY_CONST,
+    masked_mean,
+    sample_policy_trials,
+    trial_actors,
+    trial_meta_test,
+)
 from metarl.algos.varibad_buffer import TrialBuffer
 from metarl.algos.varibad_vae import ELBOTerms, PairDecoder, Trials, elbo_terms
 from metarl.optim import apply_scheduled_lr, clipped_surrogate, past_kl_target
 from metarl.options import ConfigError, option
 from metarl.policies.belief import BeliefPolicy, BeliefPolicyOptions, BeliefSpec
-from metarl.policies.gaussian_mlp import gaussian_log_prob, params_to_numpy
+from metarl.policies.gaussian_mlp import gaussian_log_prob
 from metarl.progress import NULL_REPORTER, Reporter, planned_total
 from metarl.returns import explained_variance, gae_advantages, normalize_advantages
 from metarl.seeding import derive_seed
@@ -220,12 +226,8 @@ class VariBAD:
 
     # -- data ----------------------------------------------------------------------------
     def _sample(self, tasks: list, *, trials: int, episodes: int, batch_key: tuple):
-        return self.sampler.sample_trials(
-            tasks,
-            params_to_numpy(self.policy.params()),
-            trials_per_task=trials,
-            episodes_per_trial=episodes,
-            batch_key=batch_key,
+        return sample_policy_trials(
+            self.sampler, self.policy, tasks, trials=trials, episodes=episodes, batch_key=batch_key
         )
 
     def train_iteration(self, tasks: list, iteration: int) -> IterationResult:
