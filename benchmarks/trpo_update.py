@@ -7,7 +7,7 @@ alternate the settings so a drifting machine affects each alike.
     python benchmarks/trpo_update.py [--tasks 40] [--episodes 20] [--activation tanh]
         [--hidden-sizes 64 64] [--chunks 0 4] [--rounds 2]
         [--variants default hvp=gauss-newton hvp=gauss-newton,cg_iters=5 ...]
-        [--products]
+        [--products] [--device cuda]
 
 A variant is ``default`` or comma-separated ``key=value`` settings of
 :class:`~metarl.algos.maml_trpo.TRPOUpdate` (``hvp``, ``cg_iters``,
@@ -21,7 +21,9 @@ its ratio to the first; last line ``chunked_over_whole: X`` with ``--chunks`` al
 else ``last_over_first: X``. ``--products`` times one Fisher-vector product instead
 (median of ``--rounds`` after a warm-up) by double backward, by ``torch.func``'s
 forward-over-reverse (``jvp`` of ``grad`` of the KL through the inner step) and by
-Gauss-Newton; last line ``gauss_newton_over_double_backward: X``.
+Gauss-Newton; last line ``gauss_newton_over_double_backward: X``. ``--device cuda``
+times the update on the GPU (the data is made on the CPU and moved there first; each
+timing ends with a synchronise).
 """
 
 from __future__ import annotations
@@ -48,13 +50,14 @@ KINDS = dict(hvp=str, cg_iters=int, cg_warm_start=lambda v: v.lower() in ("1", "
              ls_batch=int, chunk_tasks=int, fisher=str, fisher_subsample=float)  # fmt: skip
 
 
-def random_batch(tasks: int, steps: int, g: torch.Generator) -> ProcessedBatch:
-    """``[T, N, ...]`` tensors of random observations, actions and advantages."""
+def random_batch(tasks: int, steps: int, g: torch.Generator, device: str = "cpu") -> ProcessedBatch:
+    """``[T, N, ...]`` tensors of random observations, actions and advantages on ``device``
+    (drawn on the CPU, so every device gets the same numbers)."""
     return ProcessedBatch(
-        observations=torch.randn(tasks, steps, OBS, generator=g),
-        actions=torch.randn(tasks, steps, ACT, generator=g),
-        mask=torch.ones(tasks, steps),
-        advantages=torch.randn(tasks, steps, generator=g),
+        observations=torch.randn(tasks, steps, OBS, generator=g).to(device),
+        actions=torch.randn(tasks, steps, ACT, generator=g).to(device),
+        mask=torch.ones(tasks, steps, device=device),
+        advantages=torch.randn(tasks, steps, generator=g).to(device),
         mean_return=0.0,
         explained_variance=0.0,
     )
@@ -77,9 +80,10 @@ def setup(args: argparse.Namespace, data_seed: int = 1):
     """A fixed initial policy, its second-order inner loop and one iteration's data."""
     torch.manual_seed(0)
     spec = MLPSpec(OBS, ACT, tuple(args.hidden_sizes), args.activation)
-    policy = GaussianMLPPolicy(spec)
+    device = torch.device(args.device)
+    policy = GaussianMLPPolicy(spec).to(device)
     inner = MAMLInnerLoop(policy, None, SGDRule(0.1), inner_steps=1, first_order=False,
-                          discount=0.99, gae_lambda=1.0, device=torch.device("cpu"))  # fmt: skip
+                          discount=0.99, gae_lambda=1.0, device=device)  # fmt: skip
     return policy, inner, make_data(args, inner, data_seed)
 
 
@@ -87,7 +91,8 @@ def make_data(args: argparse.Namespace, inner: MAMLInnerLoop, seed: int) -> Adap
     """Random train and validation batches; the old policies adapted from the current ones."""
     g = torch.Generator().manual_seed(seed)
     steps = args.episodes * HORIZON
-    train, valid = [random_batch(args.tasks, steps, g)], random_batch(args.tasks, steps, g)
+    train = [random_batch(args.tasks, steps, g, args.device)]
+    valid = random_batch(args.tasks, steps, g, args.device)
     old = {k: v.detach() for k, v in inner.adapted_params(train, create_graph=False).items()}
     return AdaptationData(train=train, valid=valid, old_params=old, returns_per_step=[0.0, 0.0],
                           per_task_returns=torch.zeros(2, args.tasks), env_steps=0)  # fmt: skip
@@ -101,9 +106,17 @@ def time_update(args: argparse.Namespace, settings: dict) -> tuple[float, dict]:
         initial = copy.deepcopy(policy.state_dict())
         update.update(make_data(args, inner, seed=2))
         policy.load_state_dict(initial)
+    synchronize(args.device)
     start = time.perf_counter()
     stats = update.update(data)
+    synchronize(args.device)
     return time.perf_counter() - start, stats
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued GPU work, so a timing covers it (no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
 
 
 def compare_updates(args: argparse.Namespace, variants: list[str]) -> float:
@@ -132,6 +145,7 @@ def compare_products(args: argparse.Namespace) -> None:
     params = inner.meta_parameters()
     old = OldPolicy.of(policy.spec, data)
     v = torch.randn(sum(p.numel() for p in params), generator=torch.Generator().manual_seed(5))
+    v = v.to(args.device)
     products = {}
     for hvp in ("double-backward", "gauss-newton"):
         update = TRPOUpdate(inner, **{**DEFAULTS, "hvp": hvp})
@@ -143,8 +157,10 @@ def compare_products(args: argparse.Namespace) -> None:
     results = {name: product(v) for name, product in products.items()}  # warm-up
     for _ in range(args.rounds):
         for name, product in products.items():
+            synchronize(args.device)
             start = time.perf_counter()
             product(v)
+            synchronize(args.device)
             seconds[name].append(time.perf_counter() - start)
     base = statistics.median(seconds["double-backward"])
     for name, times in seconds.items():
@@ -201,7 +217,10 @@ def main() -> None:
     parser.add_argument("--variants", nargs="+", help="'default' or key=value[,key=value]")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--products", action="store_true", help="time one product, 3 ways")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     args = parser.parse_args()
+    if torch.device(args.device).type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: torch sees no CUDA device")
     if args.products:
         compare_products(args)
         return

@@ -17,8 +17,11 @@ import pytest
 import torch
 from cli_args import args_for
 from test_architecture import tensors_equal
+from test_meta_lstm import TINY as META_LSTM_TINY
 from test_pearl import TINY as PEARL_TINY
+from test_rl2_transformer import TINY as TRANSFORMER_TINY
 from test_train_cli import TINY
+from test_varibad import TINY as VARIBAD_TINY
 
 from metarl import cli
 from metarl.checkpoint import load_checkpoint, periodic_checkpoints
@@ -29,11 +32,28 @@ NEEDS_CUDA = pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs CUDA (torch.cuda.is_available() is False)"
 )
 SHORT = ["--iterations", "2", "--eval-every", "2", "--checkpoint-every", "1", "--quiet"]
+
+
+def without_short_flags(args: list[str]) -> list[str]:
+    """``args`` less the flags SHORT and ``--device`` set (each flag with its value)."""
+    dropped = {"--iterations", "--eval-every", "--checkpoint-every", "--quiet", "--device"}
+    out, skipping = [], False
+    for arg in args:
+        if arg.startswith("--"):
+            skipping = arg in dropped
+        if not skipping:
+            out.append(arg)
+    return out
+
+
 EVALUATE = ["--workers", "0", "--n-tasks", "2", "--episodes", "1", "--adapt-steps", "1"]
 ALGO_ARGS = {
     **{algo: [*args_for(algo, TINY), "--algo", algo]
        for algo in ("maml-trpo", "maml-ppo", "meta-sgd", "reptile", "rl2")},
     "pearl": PEARL_TINY,
+    "meta-lstm": without_short_flags(META_LSTM_TINY),
+    "varibad": without_short_flags(VARIBAD_TINY),
+    "rl2-transformer": without_short_flags(TRANSFORMER_TINY),
 }  # fmt: skip
 """Each learner's shrunk training flags (PEARL's own: its networks and batches)."""
 

@@ -8,7 +8,14 @@ import pytest
 import torch
 
 from metarl.algos.maml import AdaptationData
-from metarl.algos.maml_trpo import OldPolicy, TRPOUpdate
+from metarl.algos.maml_trpo import (
+    OldPolicy,
+    TRPOOptions,
+    TRPOUpdate,
+    build_trpo_update,
+    chunk_tasks_on,
+)
+from metarl.configure import build_config
 from metarl.optim import conjugate_gradient, flat_grad, hvp_of_gradients, make_hvp
 from tests.test_maml import fake_batch, inner_loop, make_policy
 
@@ -90,3 +97,18 @@ def test_conjugate_gradient_returns_a_times_x_without_another_product():
     torch.testing.assert_close(ax, a @ x, rtol=1e-12, atol=1e-12)
     exact = conjugate_gradient(lambda v: a @ v, b, iters=3)
     torch.testing.assert_close(exact, torch.linalg.solve(a, b), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize(("setting", "device", "chunk"),
+                         [(-1, "cpu", 4), (-1, "cuda", 0), (-1, "cuda:1", 0), (3, "cuda", 3),
+                          (0, "cpu", 0), (2, "cpu", 2)])  # fmt: skip
+def test_chunk_tasks_minus_one_means_four_on_the_cpu_and_the_whole_batch_on_a_gpu(
+    setting, device, chunk
+):
+    assert chunk_tasks_on(setting, torch.device(device)) == chunk
+
+
+def test_the_default_config_builds_chunks_of_four_on_the_cpu():
+    config = build_config({"algo": "maml-trpo"})
+    assert config.group(TRPOOptions).trpo_chunk_tasks == -1
+    assert build_trpo_update(config, inner_loop(make_policy(), first_order=False)).chunk_tasks == 4

@@ -76,12 +76,13 @@ class TRPOOptions:
         max=1.0,
     )
     trpo_chunk_tasks: int = option(
-        4,
+        -1,
         "tasks per chunk of the surrogate, the KL and their Hessian-vector products, which "
         "are summed over chunks: no tensor then holds the whole meta-batch, and each "
         "product works in a chunk's smaller tensors (the same numbers to float rounding); "
-        "0 = the whole meta-batch at once",
-        min=0,
+        "0 = the whole meta-batch at once; -1 = by device: 4 on the CPU, the whole "
+        "meta-batch on a GPU (there one pass over all tasks is about 9x faster than chunks)",
+        min=-1,
     )
     trpo_hvp: str = option(
         "double-backward",
@@ -486,6 +487,24 @@ def _unflatten(vectors: torch.Tensor, like: dict[str, torch.Tensor]) -> TaskPara
     return out
 
 
+CPU_CHUNK_TASKS = 4
+"""Tasks per chunk on the CPU when ``trpo_chunk_tasks`` is -1: small tensors stay in cache
+(the chunked update is what made metarl's iteration 1.76x pytorch-maml-rl's)."""
+
+
+def chunk_tasks_on(setting: int, device: torch.device) -> int:
+    """The tasks per chunk that ``trpo_chunk_tasks`` = ``setting`` means on ``device``.
+
+    -1 picks by device: chunks of :data:`CPU_CHUNK_TASKS` on the CPU; on a GPU the whole
+    meta-batch (0), since there chunks only add kernel launches and host round trips:
+    the paper-batch update takes 0.12 s whole against 1.12 s in chunks of 4 on an H200
+    (``benchmarks/trpo_update.py --device cuda``). Any other value is kept as given.
+    """
+    if setting != -1:
+        return setting
+    return 0 if torch.device(device).type == "cuda" else CPU_CHUNK_TASKS
+
+
 def build_trpo_update(config: Config, inner: MAMLInnerLoop) -> TRPOUpdate:
     """The TRPO outer update of ``config``'s :class:`TRPOOptions` around ``inner``."""
     options = config.group(TRPOOptions)
@@ -498,7 +517,7 @@ def build_trpo_update(config: Config, inner: MAMLInnerLoop) -> TRPOUpdate:
         ls_backtrack_ratio=options.trpo_ls_backtrack_ratio,
         fisher=options.trpo_fisher,
         fisher_subsample=options.trpo_fisher_subsample,
-        chunk_tasks=options.trpo_chunk_tasks,
+        chunk_tasks=chunk_tasks_on(options.trpo_chunk_tasks, inner.device),
         hvp=options.trpo_hvp,
         cg_warm_start=options.trpo_cg_warm_start,
         ls_batch=options.trpo_ls_batch,
