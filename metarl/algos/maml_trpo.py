@@ -9,10 +9,13 @@ it is scaled to the KL bound, then a backtracking line search keeps the first
 fraction that improves the surrogate within the bound, or restores the old
 parameters. As in pytorch-maml-rl's ``maml_trpo.py``.
 
-Cheaper variants of the same step, each behind a ``trpo_`` key (off by default):
-``trpo_hvp gauss-newton`` (the products as ``J^T H J``, no third derivatives),
-``trpo_cg_warm_start`` (CG from the last direction) and ``trpo_ls_batch`` (several
-step sizes scored per pass: one host read per pass on a GPU).
+The Fisher-vector products are ``J^T H J v`` by default (``trpo_hvp gauss-newton``: no
+third derivatives; at the step's start point the double backward's product to rounding,
+so a default that changes no maths). Cheaper variants behind ``trpo_`` keys, off by
+default: ``trpo_fisher_subsample`` (the Fisher of every k-th task: an estimate, so it is
+decided by the paired-seed check), ``trpo_cg_warm_start`` (CG from the last direction)
+and ``trpo_ls_batch`` (several step sizes scored per pass: one host read per pass on a
+GPU).
 """
 
 from __future__ import annotations
@@ -85,12 +88,13 @@ class TRPOOptions:
         min=-1,
     )
     trpo_hvp: str = option(
-        "double-backward",
-        "how conjugate gradient's Fisher-vector products are taken: 'double-backward' "
-        "differentiates the KL's gradient again (as pytorch-maml-rl); 'gauss-newton' forms "
+        "gauss-newton",
+        "how conjugate gradient's Fisher-vector products are taken: 'gauss-newton' forms "
         "J^T H J v, J the Jacobian of the adapted policies' means and log-stds and H the "
         "KL's Hessian in them: the same product at the step's start point (where the KL's "
-        "gradient is zero) without third derivatives through the inner step, and cheaper",
+        "gradient is zero) without third derivatives through the inner step, about 0.6x "
+        "the cost on the CPU; 'double-backward' differentiates the KL's gradient again (as "
+        "pytorch-maml-rl; the default of runs before 2026-12-04)",
         choices=("double-backward", "gauss-newton"),
     )
     trpo_cg_warm_start: bool = option(
