@@ -52,6 +52,7 @@ REQUIRED_KEYS = ("iteration", "env_steps", "config", "learner")
 CONFIG_KEYS = ("env", "algo", "seed")
 """Config keys every checkpoint has saved: without them the run cannot be rebuilt."""
 _PERIODIC = re.compile(r"^iter_(\d{6})\.pt$")
+_SLIM = re.compile(r"^slim_iter(\d{6})\.pt$")
 SLIM_KEYS = ("format_version", "slim", "iteration", "env_steps", "config", "learner")
 """Every key of a slim checkpoint."""
 _TEMPORARY = re.compile(r"^\..+\.tmp-\d+$")
@@ -161,6 +162,24 @@ def periodic_checkpoints(run_dir: Path) -> list[Path]:
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir() if _PERIODIC.match(p.name))
+
+
+def slim_checkpoints(run_dir: Path) -> list[Path]:
+    """The slim checkpoints ``metarl export`` wrote into a run, oldest first."""
+    folder = checkpoint_dir(run_dir)
+    if not folder.is_dir():
+        return []
+    return sorted(p for p in folder.iterdir() if _SLIM.match(p.name))
+
+
+def newest_evaluable(run_dir: str | os.PathLike[str]) -> Path:
+    """What ``evaluate`` reads by default: the newest periodic checkpoint, or, in a run that
+    holds only slim ones (a committed result: the full file was too large to commit), the
+    newest slim checkpoint."""
+    run_dir = Path(run_dir)
+    if run_dir.is_dir() and not periodic_checkpoints(run_dir) and slim_checkpoints(run_dir):
+        return slim_checkpoints(run_dir)[-1]
+    return latest_checkpoint(run_dir)
 
 
 def load_checkpoint(path: str | os.PathLike[str]) -> dict[str, Any]:

@@ -50,7 +50,8 @@ def add_run_and_checkpoint(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--checkpoint",
         default="latest",
-        help="'latest', 'best', a checkpoint file, or the name of one in RUN_DIR/checkpoints",
+        help="'latest' (the newest checkpoint; in a run that holds only slim ones, the newest "
+        "slim one), 'best', a checkpoint file, or the name of one in RUN_DIR/checkpoints",
     )
 
 

@@ -52,7 +52,7 @@ from typing import Any
 
 from metarl import registry
 from metarl.algos.base import AdaptationCurve, ShowsAdaptation, extension
-from metarl.checkpoint import CheckpointError, latest_checkpoint, load_checkpoint
+from metarl.checkpoint import CheckpointError, load_checkpoint, newest_evaluable
 from metarl.cli import OneLineErrorParser, add_run_and_checkpoint, run_command
 from metarl.config import restore_device, run_keys
 from metarl.configure import restored_config
@@ -304,7 +304,7 @@ def checkpoint_path(run_dir: Path, which: str) -> Path:
         raise CheckpointError(f"run directory {str(run_dir)!r} is not a directory")
     try:
         if which == "latest":
-            return latest_checkpoint(run_dir)
+            return newest_evaluable(run_dir)
         if not run_dir.is_dir():
             raise CheckpointError(f"run directory {str(run_dir)!r} does not exist")
         if which == "best":

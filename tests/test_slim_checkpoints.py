@@ -68,6 +68,24 @@ def test_a_slim_checkpoint_evaluates_exactly_as_the_full_one(runs, algo, capsys)
     assert per_task(run_dir, str(slim)) == full
 
 
+@pytest.mark.parametrize("algo", ["rl2", "pearl"])
+def test_a_run_holding_only_slim_checkpoints_evaluates_its_newest_by_default(runs, algo, tmp_path):
+    """As a committed result holds it (experiments/results/RUN: the slim file alone), the
+    README's plain ``evaluate RUN`` reads the newest slim checkpoint."""
+    committed = tmp_path / "committed" / "checkpoints"
+    committed.mkdir(parents=True)
+    for iteration in (0, 1):
+        out = committed / f"slim_iter{iteration:06d}.pt"
+        source = f"iter_{iteration:06d}.pt"
+        assert export_cli.main([str(runs[algo]), "--checkpoint", source, "--out", str(out)]) == 0
+    flags = ["--adapt-steps", "2", "--workers", "0", "--n-tasks", "4", "--force"]
+    assert evaluate_cli.main([str(committed.parent), *flags]) == 0
+    (report,) = (committed.parent / "eval").glob("*.json")
+    report = json.loads(report.read_text())
+    assert Path(report["checkpoint"]).name == "slim_iter000001.pt"
+    assert report["per_task"] == per_task(runs[algo], "latest")
+
+
 def test_a_pearl_export_leaves_the_buffers_out(runs, tmp_path):
     out = tmp_path / "pearl.pt"
     assert export_cli.main([str(runs["pearl"]), "--out", str(out)]) == 0
