@@ -99,9 +99,17 @@ def make_config_env(config: Config) -> gymnasium.Env:
             raise ConfigError(
                 f"importing MuJoCo for {config.env!r} failed with MUJOCO_GL={backend} "
                 f"({type(exc).__name__}: {first_line(exc)}): that backend's library is not "
-                "installed here; set MUJOCO_GL=egl, or unset it when not rendering"
+                f"installed here; {gl_advice(backend)}"
             ) from exc
         raise
+
+
+def gl_advice(backend: str) -> str:
+    """What to do when ``import mujoco`` fails under ``MUJOCO_GL=backend``: EGL is the usual
+    headless fix, unless EGL is the backend that failed (a machine without libEGL)."""
+    if backend.lower() == "egl":
+        return "unset MUJOCO_GL when not rendering, or install libEGL (a GPU driver or Mesa)"
+    return "set MUJOCO_GL=egl, or unset it when not rendering"
 
 
 def build_task_pools(config: Config, env: Any) -> TaskPools:

@@ -19,6 +19,7 @@ from test_progress import FakeWandb
 from test_train_cli import TINY
 
 from metarl import cli
+from metarl.run import gl_advice
 
 SHORT = ["--iterations", "1", "--eval-every", "0", "--quiet"]
 
@@ -120,6 +121,16 @@ def test_wandb_that_cannot_start_is_one_line_and_the_same_command_can_run_again(
     monkeypatch.setitem(sys.modules, "wandb", working)
     assert cli.main(argv) == 0
     assert len(working.inits) == 1 and sorted(working.logged) == [0]
+
+
+@pytest.mark.parametrize(("backend", "advice"), [
+    ("osmesa", "set MUJOCO_GL=egl, or unset it when not rendering"),
+    ("EGL", "unset MUJOCO_GL when not rendering, or install libEGL (a GPU driver or Mesa)"),
+])  # fmt: skip
+def test_the_advice_after_a_failed_mujoco_import_never_names_the_backend_that_failed(
+    backend, advice
+):
+    assert gl_advice(backend) == advice
 
 
 def test_mujoco_that_cannot_import_is_one_line_naming_mujoco_gl(tmp_path):
