@@ -41,6 +41,8 @@ class Selection:
 
     path: str  # relative to the repository root
     tests: tuple[str, ...]
+    # pytest node ids left out: slow tests of another module's job (each mutant reruns them)
+    deselect: tuple[str, ...] = ()
 
 
 SELECTIONS: dict[str, Selection] = {
@@ -108,7 +110,16 @@ SELECTIONS: dict[str, Selection] = {
     ),
     "rollout": Selection(
         "metarl/sampling/rollout.py",
-        ("tests/test_sampler.py", "tests/test_exact_noise.py", "tests/test_mutants_rollout.py"),
+        (
+            "tests/test_sampler.py",
+            "tests/test_exact_noise.py",
+            "tests/test_sampler_fast_path.py",
+            "tests/test_mutants_rollout.py",
+        ),
+        # the worker backend's kill test: 14 s, and no check of the rollout's numbers
+        (
+            "tests/test_sampler.py::test_killed_worker_raises_instead_of_hanging_and_close_leaves_no_children",
+        ),
     ),
 }
 
@@ -146,7 +157,11 @@ def prepare(workdir: Path, selection: Selection, *, mutant_tests: bool = True) -
     config = {
         "source_paths": ["metarl"],
         "only_mutate": [selection.path],
-        "pytest_add_cli_args_test_selection": [*tests, *FAST],
+        "pytest_add_cli_args_test_selection": [
+            *tests,
+            *FAST,
+            *(a for d in selection.deselect for a in ("--deselect", d)),
+        ],
         "pytest_add_cli_args": ["-p", "no:cacheprovider", "-q"],
         # torch is not fork-safe once the suite has run in the parent (mutmut's advice).
         "process_isolation": "forkserver",
