@@ -271,3 +271,27 @@ def test_a_step_that_raises_names_the_step_task_and_episode():
     assert e.kind == "env" and "Traceback" in e.tb
     assert e.message.startswith("step 1 raised RuntimeError: counting env asked to fail at step 1")
     assert e.message.endswith("[" + describe_task("counting", 1, tasks[1], 0) + "]")
+
+
+class NanOnSecondReset(CountingEnv):
+    """A NaN observation from the second reset: the start of episode 1 of trial 0."""
+
+    resets = 0
+
+    def reset(self, *, seed=None, options=None):
+        obs, info = super().reset(seed=seed, options=options)
+        self.resets += 1
+        if self.resets == 2:
+            obs[1] = np.nan
+        return obs, info
+
+
+def test_a_non_finite_reset_inside_a_trial_names_its_episode_not_its_trial():
+    """Trial 0's second episode is episode 1 (what its reset seed keys on); the message used
+    to say "episode 0", the trial's index."""
+    with pytest.raises(RolloutFailure) as failure:
+        collect(EnvPool(NanOnSecondReset, family="counting"), ConstantActor(),
+                request([CountingTask(id=1)], trials=1, episodes=2, horizon=3))  # fmt: skip
+    message = failure.value.message
+    assert message.startswith("env returned a non-finite observation at reset ['counting', ")
+    assert "), episode 1]: obs=[1.0, nan," in message, message

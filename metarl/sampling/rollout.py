@@ -349,7 +349,7 @@ def _collect_wave(
         obs[j] = reset(j)
         gi = req.task_indices[ti]
         noise[j] = noise_rng(req.seed, req.noise_key, gi, trial).standard_normal((length, a))
-    _check_finite(obs, None, np.ones(n, bool), sub, req, family, -1)
+    _check_finite(obs, None, np.ones(n, bool), sub, req, family, -1, episode_of)
     if stepper is not None:  # rows of one task are contiguous (task-major)
         stepper.start(envs, [(q * rc, (q + 1) * rc) for q in range(tc)])
         for j in range(n):
@@ -414,7 +414,7 @@ def _collect_wave(
                     # the first step sets the row: a key whose values are all negative keeps its max
                     row[:] = values if episode_t[j] == 0 else np.maximum(row, values)
                 ended[j] = bool(terminated or truncated) or episode_t[j] + 1 == h
-        _check_finite(obs, rew, active, sub, req, family, t)
+        _check_finite(obs, rew, active, sub, req, family, t, episode_of)
         rew32 = rew.astype(np.float32)
         rew_out[:, :, t] = rew32.reshape(tc, rc)
         episode_returns[idx, episode[idx]] += rew32[idx]
@@ -433,7 +433,7 @@ def _collect_wave(
                 obs[j] = reset(j)
                 if stepper is not None:
                     stepper.load(j)
-                _check_finite(obs, None, active, sub, req, family, -1)
+                _check_finite(obs, None, active, sub, req, family, -1, episode_of)
         if not active.any():
             break
     block = (slice(t0, t1), slice(r0, r1))
@@ -457,14 +457,16 @@ def info_values(info: Mapping[str, Any], keys: Sequence[str]) -> np.ndarray:
     return np.array([float(info.get(key, 0.0)) for key in keys], np.float32)
 
 
-def _check_finite(obs, rew, active, sub, req, family, t) -> None:
+def _check_finite(obs, rew, active, sub, req, family, t, episode_of) -> None:
+    """A RolloutFailure naming the first sub-env with a non-finite observation or reward,
+    its task and its episode (``episode_of(j)``: the index the reset seed keys on)."""
     bad = ~np.isfinite(obs).all(axis=1)
     if rew is not None:
         bad |= ~np.isfinite(rew)
     bad &= active
     if bad.any():
         k = int(np.flatnonzero(bad)[0])
-        ti, e = sub[k]
+        ti, e = sub[k][0], episode_of(k)
         what = "observation" if not np.isfinite(obs[k]).all() else "reward"
         step = "reset" if t < 0 else f"step {t}"
         where = describe_task(family, req.task_indices[ti], req.tasks[ti], e)
