@@ -569,3 +569,20 @@ def test_train_iteration_passes_a_rejected_update_on():
     with sampler:
         result = pl.train_iteration([CountingTask(id=1)], 0)
     assert result.rejected and result.scalars["pearl/rejected_nonfinite"] == 1.0
+
+
+def test_posterior_rounds_without_initial_or_prior_episodes_start_from_the_prior(tmp_path):
+    """A task never collected for the encoder has no context: its first posterior round acts
+    on the prior z (this used to end in a KeyError traceback from the encoder's buffer)."""
+    from metarl import train as train_cli
+
+    argv = ["--env", "point-nav", "--algo", "pearl", "--iterations", "1", "--meta-batch-size",
+            "2", "--horizon", "5", "--workers", "0", "--eval-every", "0", "--train-pool-size",
+            "3", "--test-pool-size", "2", "--device", "cpu", "--pearl-hidden-sizes", "8",
+            "--pearl-encoder-hidden-sizes", "8", "--pearl-gradient-steps", "1",
+            "--pearl-initial-episodes", "0", "--pearl-prior-episodes", "0",
+            "--pearl-posterior-episodes", "1", "--logdir", str(tmp_path), "--run-name", "r",
+            "--quiet"]  # fmt: skip
+    assert train_cli.main(argv) == 0
+    rows = (tmp_path / "r" / "progress.csv").read_text().splitlines()
+    assert len(rows) == 2  # the header and iteration 0

@@ -378,8 +378,7 @@ class PEARL:
                   + [("posterior", True)] * o.pearl_posterior_episodes
                   + [("extra", False)] * o.pearl_extra_posterior_episodes)  # fmt: skip
         for k, (kind, to_encoder) in enumerate(rounds):
-            if kind == "prior" or not all(self.encoder_replay.size[
-                    self.encoder_replay.slots(tasks)] > 0):  # fmt: skip
+            if kind == "prior" or not self._encoder_has_context(tasks):
                 z = self.prior_z(len(tasks))
             else:
                 z = self.posterior_z(self._buffer_context(tasks))
@@ -390,6 +389,13 @@ class PEARL:
                 for key, values in batch.episode_infos.items():
                     infos.setdefault(key, []).append(float(values.mean()))
         return returns, steps
+
+    def _encoder_has_context(self, tasks: list) -> bool:
+        """Whether every task has transitions in the encoder's buffer (a task never collected
+        for it, as with no initial and no prior episodes, has none: its z is the prior)."""
+        if not all(task in self.encoder_replay for task in tasks):
+            return False
+        return bool(np.all(self.encoder_replay.size[self.encoder_replay.slots(tasks)] > 0))
 
     # -- the protocol ------------------------------------------------------------------------
     def train_iteration(self, tasks: list, iteration: int) -> IterationResult:
