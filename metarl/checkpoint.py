@@ -156,20 +156,23 @@ def slim_path(run_dir: Path, iteration: int) -> Path:
     return checkpoint_dir(Path(run_dir)) / f"slim_iter{iteration:06d}.pt"
 
 
-def periodic_checkpoints(run_dir: Path) -> list[Path]:
-    """The periodic checkpoints of a run, oldest first."""
+def _checkpoints_named(run_dir: Path, name: re.Pattern[str]) -> list[Path]:
+    """The files of ``run_dir``'s checkpoint folder whose names match ``name``, oldest first
+    (the names are zero-padded iteration numbers)."""
     folder = checkpoint_dir(run_dir)
     if not folder.is_dir():
         return []
-    return sorted(p for p in folder.iterdir() if _PERIODIC.match(p.name))
+    return sorted(p for p in folder.iterdir() if name.match(p.name))
+
+
+def periodic_checkpoints(run_dir: Path) -> list[Path]:
+    """The periodic checkpoints of a run, oldest first."""
+    return _checkpoints_named(run_dir, _PERIODIC)
 
 
 def slim_checkpoints(run_dir: Path) -> list[Path]:
     """The slim checkpoints ``metarl export`` wrote into a run, oldest first."""
-    folder = checkpoint_dir(run_dir)
-    if not folder.is_dir():
-        return []
-    return sorted(p for p in folder.iterdir() if _SLIM.match(p.name))
+    return _checkpoints_named(run_dir, _SLIM)
 
 
 def newest_evaluable(run_dir: str | os.PathLike[str]) -> Path:
@@ -177,8 +180,10 @@ def newest_evaluable(run_dir: str | os.PathLike[str]) -> Path:
     holds only slim ones (a committed result: the full file was too large to commit), the
     newest slim checkpoint."""
     run_dir = Path(run_dir)
-    if run_dir.is_dir() and not periodic_checkpoints(run_dir) and slim_checkpoints(run_dir):
-        return slim_checkpoints(run_dir)[-1]
+    if run_dir.is_dir() and not periodic_checkpoints(run_dir):
+        slim = slim_checkpoints(run_dir)
+        if slim:
+            return slim[-1]
     return latest_checkpoint(run_dir)
 
 

@@ -247,9 +247,16 @@ def test_a_non_finite_step_is_reported_with_what_where_and_the_values(field, kin
 
 
 class NanResetEnv(CountingEnv):
+    """A NaN in the observation of task id 2's reset number ``nan_reset`` (1: the first)."""
+
+    nan_reset = 1
+    resets = 0
+
     def reset(self, *, seed=None, options=None):
         obs, info = super().reset(seed=seed, options=options)
-        obs[1] = np.nan if self._require_task().id == 2 else obs[1]
+        if self._require_task().id == 2:
+            self.resets += 1
+            obs[1] = np.nan if self.resets == self.nan_reset else obs[1]
         return obs, info
 
 
@@ -273,25 +280,16 @@ def test_a_step_that_raises_names_the_step_task_and_episode():
     assert e.message.endswith("[" + describe_task("counting", 1, tasks[1], 0) + "]")
 
 
-class NanOnSecondReset(CountingEnv):
-    """A NaN observation from the second reset: the start of episode 1 of trial 0."""
-
-    resets = 0
-
-    def reset(self, *, seed=None, options=None):
-        obs, info = super().reset(seed=seed, options=options)
-        self.resets += 1
-        if self.resets == 2:
-            obs[1] = np.nan
-        return obs, info
+class NanSecondResetEnv(NanResetEnv):
+    nan_reset = 2  # the reset that starts episode 1 of trial 0
 
 
 def test_a_non_finite_reset_inside_a_trial_names_its_episode_not_its_trial():
     """Trial 0's second episode is episode 1 (what its reset seed keys on); the message used
     to say "episode 0", the trial's index."""
     with pytest.raises(RolloutFailure) as failure:
-        collect(EnvPool(NanOnSecondReset, family="counting"), ConstantActor(),
-                request([CountingTask(id=1)], trials=1, episodes=2, horizon=3))  # fmt: skip
+        collect(EnvPool(NanSecondResetEnv, family="counting"), ConstantActor(),
+                request([CountingTask(id=2)], trials=1, episodes=2, horizon=3))  # fmt: skip
     message = failure.value.message
     assert message.startswith("env returned a non-finite observation at reset ['counting', ")
-    assert "), episode 1]: obs=[1.0, nan," in message, message
+    assert "), episode 1]: obs=[2.0, nan," in message, message
