@@ -52,6 +52,10 @@ class Row:
         flags: train (or baselines) flags after ``--config``, before ``--seed``.
         note: said under the row's commands in docs/results.md.
         pool: :data:`POOLS`. kind: :data:`KINDS`.
+        episodes: evaluate's ``--episodes`` (None: the run's ``episodes_per_task``). Set
+            where the run's value would make the evaluation needlessly long: RL² on
+            Meta-World meta-tests one trial of 10 episodes in training, which evaluate's
+            default reads as 10 trials.
     """
 
     id: str
@@ -66,6 +70,7 @@ class Row:
     note: str = ""
     pool: str = "benchmark"
     kind: str = "train"
+    episodes: int | None = None
 
     @property
     def headline(self) -> bool:
@@ -84,11 +89,11 @@ class Manifest:
 
 
 REQUIRED = ("id", "algorithm", "family", "config", "settings", "runs", "adapt_steps")
-OPTIONAL = ("iterations", "flags", "note", "pool", "kind")
+OPTIONAL = ("iterations", "flags", "note", "pool", "kind", "episodes")
 TYPES: dict[str, type | tuple[type, ...]] = {
     "id": str, "algorithm": str, "family": str, "config": str, "settings": str,
     "runs": list, "adapt_steps": int, "iterations": int, "flags": str, "note": str,
-    "pool": str, "kind": str,
+    "pool": str, "kind": str, "episodes": int,
 }  # fmt: skip
 
 
@@ -149,6 +154,8 @@ def parse_row(row: Any, number: int, path: Path) -> Row:
         raise ManifestError(f"{where}: runs must list run directory names, one per seed")
     if row["adapt_steps"] < 0:
         raise ManifestError(f"{where}: adapt_steps must be >= 0, got {row['adapt_steps']}")
+    if row.get("episodes", 1) < 1:
+        raise ManifestError(f"{where}: episodes must be >= 1, got {row['episodes']}")
     pool, kind = row.get("pool", "benchmark"), row.get("kind", "train")
     if pool not in POOLS:
         raise ManifestError(f"{where}: pool must be one of {', '.join(POOLS)}, got {pool!r}")
@@ -178,6 +185,7 @@ def parse_row(row: Any, number: int, path: Path) -> Row:
         note=row.get("note", ""),
         pool=pool,
         kind=kind,
+        episodes=row.get("episodes"),
     )
 
 

@@ -75,14 +75,21 @@ class RowResult:
 
 def evaluate_command(run_dir: Path, row: Row) -> str:
     pool = "" if row.pool == "benchmark" else f" --tasks {row.pool}"
-    return f"python -m metarl.evaluate {run_dir} --adapt-steps {row.adapt_steps}{pool}"
+    episodes = "" if row.episodes is None else f" --episodes {row.episodes}"
+    return f"python -m metarl.evaluate {run_dir} --adapt-steps {row.adapt_steps}{episodes}{pool}"
+
+
+def episode_variants(row: Row) -> tuple[tuple[str, int], ...]:
+    """The name part evaluate adds for the row's ``--episodes`` (none for the run's own)."""
+    return () if row.episodes is None else (("ep", row.episodes),)
 
 
 def eval_file(run_dir: Path, row: Row) -> Path:
-    """The evaluation a row reads: its pool, iteration and K, evaluate's default episodes
-    and seed; on the test pool also the older name without ``_metarl``."""
+    """The evaluation a row reads: its pool, iteration and K, its episodes (evaluate's
+    default unless the row sets them) and evaluate's default seed; on the test pool also
+    the older name without ``_metarl``."""
     assert row.iterations is not None
-    names = [eval_stem(row.pool, row.iterations, row.adapt_steps, "metarl")]
+    names = [eval_stem(row.pool, row.iterations, row.adapt_steps, "metarl", episode_variants(row))]
     if row.pool == "test":
         names.append(eval_stem(row.pool, row.iterations, row.adapt_steps, None))
     for name in names:
@@ -160,10 +167,13 @@ def read_seed(run_dir: Path, row: Row) -> SeedResult:
     steps = env_steps_so_far(rows) if rows else None
     hours = hours_so_far(rows) if rows else None
     evals = (read_eval(p) for p in sorted((run_dir / "eval").glob("benchmark_iter*.json")))
+    stem_tail = f"_steps{row.adapt_steps}_metarl" + "".join(
+        f"_{part}{value}" for part, value in episode_variants(row)
+    )
     benchmark = tuple(
         e for e in evals
         if e is not None and e.pool == "benchmark" and e.n_units == row.adapt_steps + 1
-        and e.path.stem.endswith(f"_steps{row.adapt_steps}_metarl")
+        and e.path.stem.endswith(stem_tail)
     )  # fmt: skip
     pool_size, by_task = pool_of(path)
     return SeedResult(

@@ -247,10 +247,36 @@ def test_a_missing_eval_file_names_the_evaluate_command(tiny, capsys):
     )
 
 
+def test_a_row_with_episodes_reads_and_names_the_ep_evaluation(tiny, capsys):
+    """``episodes: 1`` reads evaluate's ``--episodes 1`` file (``_ep1``), and the missing
+    file's line gives the command with ``--episodes 1``."""
+    manifest = yaml.safe_load(tiny["manifest"].read_text())
+    manifest["rows"][2]["episodes"] = 1
+    tiny["manifest"].write_text(yaml.safe_dump(manifest, allow_unicode=True))
+    run = tiny["runs"] / "pearl-s0"
+    plain = run / "eval" / "benchmark_iter000002_steps2_metarl.json"
+    assert run_results(tiny) == 2
+    assert one_error_line(capsys) == (
+        f"error: {run} has no benchmark-pool evaluation of iteration 2 with 2 adaptation "
+        f"steps (eval/benchmark_iter000002_steps2_metarl_ep1.json): "
+        f"run `python -m metarl.evaluate {run} --adapt-steps 2 --episodes 1`"
+    )
+    report = json.loads(plain.read_text())
+    report["summary"][0]["mean"] = 0.75
+    plain.with_name("benchmark_iter000002_steps2_metarl_ep1.json").write_text(json.dumps(report))
+    (result,) = [r for r in read_results(load_manifest(tiny["manifest"])) if r.row.id == "pn-pearl"]
+    (seed,) = result.seeds
+    assert seed.curves["return"] == (0.75, 0.5, 0.125)
+    assert [e.path.name for e in seed.benchmark_evals] == [
+        "benchmark_iter000002_steps2_metarl_ep1.json"
+    ]
+
+
 @pytest.mark.parametrize(
     "change, message",
     [
         ({"seeds": [0]}, "unknown key 'seeds'"),
+        ({"episodes": 0}, "episodes must be >= 1, got 0"),
         ({"iterations": "two"}, "iterations must be an integer, got 'two'"),
         ({"runs": "maml-s0"}, "runs must be a list"),
         ({"pool": "train"}, "pool must be one of benchmark, test"),
