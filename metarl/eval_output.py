@@ -55,7 +55,15 @@ def eval_stem(
     Returns:
         e.g. ``"test_iter000224_steps3_metarl_ep10"``.
     """
-    parts = [pool, f"iter{iteration:06d}", f"steps{steps}"]
+    return f"{pool}_iter{iteration:06d}_{eval_stem_tail(steps, protocol, variants)}"
+
+
+def eval_stem_tail(
+    steps: int, protocol: str | None, variants: Sequence[tuple[str, Any]] = ()
+) -> str:
+    """The part of :func:`eval_stem` after the pool and iteration, e.g.
+    ``"steps3_metarl_ep10"``: what every iteration's evaluation of one kind ends with."""
+    parts = [f"steps{steps}"]
     if protocol is not None:
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}")

@@ -13,7 +13,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from metarl.eval_output import eval_stem
+from metarl.eval_output import eval_stem, eval_stem_tail
 from metarl.results_manifest import Manifest, Row
 from metarl.run_files import (
     EvalResult,
@@ -167,9 +167,7 @@ def read_seed(run_dir: Path, row: Row) -> SeedResult:
     steps = env_steps_so_far(rows) if rows else None
     hours = hours_so_far(rows) if rows else None
     evals = (read_eval(p) for p in sorted((run_dir / "eval").glob("benchmark_iter*.json")))
-    stem_tail = f"_steps{row.adapt_steps}_metarl" + "".join(
-        f"_{part}{value}" for part, value in episode_variants(row)
-    )
+    stem_tail = "_" + eval_stem_tail(row.adapt_steps, "metarl", episode_variants(row))
     benchmark = tuple(
         e for e in evals
         if e is not None and e.pool == "benchmark" and e.n_units == row.adapt_steps + 1
