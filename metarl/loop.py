@@ -20,6 +20,7 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,17 +56,26 @@ from metarl.run import (
 )
 from metarl.sampling import SamplerError
 
+# A second signal this soon after the first is the same stop delivered twice: timeout(1) and
+# batch schedulers signal the process and then its whole group, so the trainer hears one
+# request twice within milliseconds. No person presses Ctrl-C twice that fast.
+REPEAT_WINDOW_S = 0.5
+
 
 class StopRequest:
     """First Ctrl-C / SIGTERM: stop after this iteration. A second one: stop now.
 
     The second signal raises ``KeyboardInterrupt`` wherever the loop is; the
-    checkpoint writes are atomic, so the last checkpoint stays intact.
+    checkpoint writes are atomic, so the last checkpoint stays intact. One that
+    comes within ``REPEAT_WINDOW_S`` of the first is the first one repeated, and
+    is ignored. ``clock``: seconds, monotonic (a test's fake clock).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.requested = False
         self.signum = 0
+        self._clock = clock
+        self._first_at = 0.0
 
     def __enter__(self) -> StopRequest:
         self._old = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
@@ -74,10 +84,11 @@ class StopRequest:
         return self
 
     def _handle(self, signum: int, frame) -> None:
-        second = self.requested
-        self.requested, self.signum = True, signum
-        if second:
+        if self.requested:
+            if self._clock() - self._first_at < REPEAT_WINDOW_S:
+                return
             raise KeyboardInterrupt
+        self.requested, self.signum, self._first_at = True, signum, self._clock()
         print(
             f"\n{signal.Signals(signum).name}: finishing this iteration, then writing a "
             "checkpoint (Ctrl-C again to stop at once).",

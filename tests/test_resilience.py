@@ -26,6 +26,7 @@ from metarl.algos.maml_ppo import PPOUpdate
 from metarl.algos.maml_trpo import TRPOUpdate
 from metarl.checkpoint import load_checkpoint, load_latest, periodic_checkpoints
 from metarl.configure import build_config
+from metarl.loop import REPEAT_WINDOW_S, StopRequest
 
 QUIET = ["--eval-every", "0"]
 
@@ -162,7 +163,24 @@ def test_checkpoint_holds_everything_needed_to_continue(tmp_path):
 # -- signals ------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("how", ["ctrl-c to the process group", "sigterm to the process"])
+def test_a_signal_repeated_within_the_window_is_the_same_stop_and_a_later_one_stops_now():
+    now = [100.0]
+    stop = StopRequest(clock=lambda: now[0])
+    stop._handle(signal.SIGINT, None)
+    assert stop.requested and stop.signum == signal.SIGINT
+    now[0] += 0.001  # timeout(1): the same SIGINT to the process, then to its group
+    try:
+        stop._handle(signal.SIGINT, None)
+    except KeyboardInterrupt:
+        pytest.fail("the repeated delivery of the first signal stopped the run at once")
+    now[0] += REPEAT_WINDOW_S
+    with pytest.raises(KeyboardInterrupt):  # a person pressing Ctrl-C again
+        stop._handle(signal.SIGINT, None)
+
+
+@pytest.mark.parametrize(
+    "how", ["ctrl-c to the process group", "sigterm to the process", "sigint twice at once"]
+)
 def test_first_signal_finishes_the_iteration_checkpoints_and_leaves_no_worker(tmp_path, how):
     run_dir = tmp_path / "r"
     args = [*TINY, "--iterations", "1000", "--workers", "2", "--checkpoint-every", "1000",
@@ -172,6 +190,10 @@ def test_first_signal_finishes_the_iteration_checkpoints_and_leaves_no_worker(tm
     workers = [p for p, cmd in children_of(live.proc.pid).items() if "spawn_main" in cmd]
     assert len(workers) == 2, children_of(live.proc.pid)
     if how.startswith("ctrl-c"):  # a terminal sends SIGINT to every process of the group
+        os.killpg(live.proc.pid, signal.SIGINT)
+    elif how.endswith("twice at once"):  # timeout -s INT: to the process, then to its group
+        live.proc.send_signal(signal.SIGINT)
+        time.sleep(0.1)  # after Python ran the first handler, so the two are not merged
         os.killpg(live.proc.pid, signal.SIGINT)
     else:
         live.proc.send_signal(signal.SIGTERM)
@@ -212,6 +234,7 @@ def test_second_ctrl_c_exits_at_once_with_the_last_checkpoint_intact(tmp_path):
     before = fingerprint(run_dir / "checkpoints")
     os.killpg(live.proc.pid, signal.SIGINT)
     wait_until(lambda: "finishing this iteration" in live.err(), 10, "the first signal")
+    time.sleep(REPEAT_WINDOW_S + 0.1)  # a second press, not the first one repeated
     start = time.monotonic()
     os.killpg(live.proc.pid, signal.SIGINT)
     assert live.wait(30) == 130, live.err()
