@@ -1,7 +1,8 @@
 """The figures of ``metarl results``: one per headline family, two panels.
 
 Left, **adaptation**: every benchmark-pool row of the family (headline and exploration
-alike, each labelled with its seeds), the return against the unit of adaptation, the
+alike, each labelled with its seeds; an algorithm with several rows names each by its
+budget, or its row id), the return against the unit of adaptation, the
 mean over seeds with its 95% bootstrap band (:func:`metarl.stats.summarize_curves`). A
 gradient-family row is drawn at k = 0..K (gradient steps), an RL2 or PEARL row at the
 same positions for its episodes 1..K + 1, so "before" and "episode 1" share a column.
@@ -25,6 +26,7 @@ import numpy as np
 
 from metarl.plot_data import on_common_grid, summarise
 from metarl.results_runs import RowResult
+from metarl.results_tables import steps_text
 from metarl.run_files import Series, env_steps_so_far, learning_series, progress_metrics
 
 DPI = 120
@@ -34,8 +36,10 @@ TRAINING_SOURCE = "in-training meta-test, own test pool"
 
 @dataclass(frozen=True)
 class Line:
-    """One row's line in one panel: x, the mean over seeds and its band."""
+    """One row's line in one panel: x, the mean over seeds and its band. ``name`` (the
+    row's, :func:`line_names`) picks its colour; ``label`` is its legend entry."""
 
+    name: str
     label: str
     x: np.ndarray
     mean: np.ndarray
@@ -61,14 +65,35 @@ def seeds_text(n: int) -> str:
     return f"{n} seed{'' if n == 1 else 's'}"
 
 
-def adaptation_line(result: RowResult) -> Line:
+def steps_per_run(result: RowResult) -> str:
+    known = [seed.env_steps for seed in result.seeds if seed.env_steps is not None]
+    return f"{steps_text(float(np.mean(known)))} steps" if known else "?"
+
+
+def line_names(rows: Sequence[RowResult]) -> list[str]:
+    """Each row's name in a figure's legend, one colour per name: its algorithm; where the
+    algorithm has other rows in the figure, also its env steps per run (ML1 push's short
+    budget runs beside its 2 M ones), or its row id where those match too."""
+    names = []
+    for result in rows:
+        same = [r for r in rows if r.row.algorithm == result.row.algorithm]
+        name = result.row.algorithm
+        if len(same) > 1:
+            steps = [steps_per_run(r) for r in same]
+            tie = steps.count(steps_per_run(result)) > 1
+            name += f", {result.row.id if tie else steps_per_run(result)}"
+        names.append(name)
+    return names
+
+
+def adaptation_line(result: RowResult, name: str) -> Line:
     curves = [seed.curves["return"] for seed in result.seeds]
     units = min(len(c) for c in curves)
     per_seed = np.array([c[:units] for c in curves])
     curve = summarise(np.arange(units), per_seed, [str(s.run) for s in result.seeds])
     what = f"episodes 1-{units}" if result.unit == "episode" else f"steps 0-{units - 1}"
-    label = f"{result.row.algorithm} ({seeds_text(len(curves))}, {what})"
-    return Line(label, curve.x, curve.mean, curve.low, curve.high, curve.n_seeds)
+    label = f"{name} ({seeds_text(len(curves))}, {what})"
+    return Line(name, label, curve.x, curve.mean, curve.low, curve.high, curve.n_seeds)
 
 
 def benchmark_series(result: RowResult) -> list[Series] | None:
@@ -117,25 +142,26 @@ def training_series(result: RowResult) -> tuple[list[Series], str] | None:
     return series, words
 
 
-def learning_line(result: RowResult, notes: list[str]) -> tuple[Line, str] | None:
+def learning_line(result: RowResult, name: str, notes: list[str]) -> tuple[Line, str] | None:
     """The row's learning curve and its source, or None (with a note)."""
-    name = f"{result.row.algorithm} ({seeds_text(len(result.seeds))}"
+    head = f"{name} ({seeds_text(len(result.seeds))}"
     series = benchmark_series(result)
     if series is not None:
-        source, label = BENCHMARK_SOURCE, f"{name}, {BENCHMARK_SOURCE})"
+        source, label = BENCHMARK_SOURCE, f"{head}, {BENCHMARK_SOURCE})"
     else:
         found = training_series(result)
         if found is None:
             notes.append(f"{result.row.id}: no in-training meta-test to draw a learning curve")
             return None
         series, words = found
-        source, label = TRAINING_SOURCE, f"{name}; {words}, own test pool)"
+        source, label = TRAINING_SOURCE, f"{head}; {words}, own test pool)"
     common = on_common_grid(series)
     if common is None:
         notes.append(f"{result.row.id}: the seeds' env steps do not overlap: no learning curve")
         return None
     curve = summarise(*common, [str(s.run) for s in result.seeds])
-    return Line(label, curve.x, curve.mean, curve.low, curve.high, curve.n_seeds), source
+    line = Line(name, label, curve.x, curve.mean, curve.low, curve.high, curve.n_seeds)
+    return line, source
 
 
 def headline_families(results: Sequence[RowResult]) -> list[str]:
@@ -148,12 +174,15 @@ def family_figures(results: Sequence[RowResult]) -> list[FamilyFigure]:
     figures = []
     for family in headline_families(results):
         rows = [r for r in results if r.row.family == family and r.row.pool == "benchmark"]
+        names = line_names(rows)
         notes: list[str] = []
-        learning = [found for r in rows if (found := learning_line(r, notes)) is not None]
+        learning = [
+            found for r, name in zip(rows, names) if (found := learning_line(r, name, notes))
+        ]
         figures.append(
             FamilyFigure(
                 family=family,
-                adaptation=tuple(adaptation_line(r) for r in rows),
+                adaptation=tuple(adaptation_line(r, name) for r, name in zip(rows, names)),
                 learning=tuple(line for line, _ in learning),
                 sources=tuple(source for _, source in learning),
                 notes=tuple(notes),
@@ -213,15 +242,15 @@ def render(figure: FamilyFigure):
     fig = Figure(figsize=(12.0, 4.8), layout="constrained")
     FigureCanvasAgg(fig)
     adaptation, learning = fig.subplots(1, 2)
-    algorithms = list(dict.fromkeys(line.label.split(" (")[0] for line in figure.adaptation))
+    names = list(dict.fromkeys(line.name for line in figure.adaptation))
     style = {
         name: {"color": OKABE_ITO[i % len(OKABE_ITO)],
                "linestyle": LINE_STYLES[i // len(OKABE_ITO) % len(LINE_STYLES)]}
-        for i, name in enumerate(algorithms)
+        for i, name in enumerate(names)
     }  # fmt: skip
     for ax, lines in ((adaptation, figure.adaptation), (learning, figure.learning)):
         for line in lines:
-            s = style.get(line.label.split(" (")[0], {"color": "#000000", "linestyle": "-"})
+            s = style.get(line.name, {"color": "#000000", "linestyle": "-"})
             few = line.x.size <= 25
             ax.plot(line.x, line.mean, linewidth=2, marker="o" if few else None, markersize=4,
                     label=line.label, **s)  # fmt: skip

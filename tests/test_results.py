@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import shlex
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -20,7 +21,7 @@ from metarl.config import load_yaml
 from metarl.configure import build_config, config_overrides
 from metarl.plot_data import NOT_SETTINGS
 from metarl.registry import resolve
-from metarl.results_figures import BENCHMARK_SOURCE, TRAINING_SOURCE, family_figures
+from metarl.results_figures import BENCHMARK_SOURCE, TRAINING_SOURCE, family_figures, line_names
 from metarl.results_manifest import load_manifest
 from metarl.results_runs import read_results
 from metarl.run_files import load_config
@@ -215,6 +216,24 @@ def test_figure_numbers_are_the_seeds_summaries(tiny):
     np.testing.assert_allclose(figure.learning[0].x, [2000.0])
     last = np.mean([means[-1] for means in MAML.values()])
     np.testing.assert_allclose(figure.learning[0].mean, [last - 1.0])  # the test column
+
+
+def test_rows_of_one_algorithm_are_named_apart_by_budget_else_by_row_id():
+    def result(row_id: str, algorithm: str, *steps: float | None):
+        seeds = [SimpleNamespace(env_steps=s) for s in steps]
+        return SimpleNamespace(row=SimpleNamespace(id=row_id, algorithm=algorithm), seeds=seeds)
+
+    rows = [
+        result("push-short", "MAML-TRPO", 500_000.0),
+        result("push-2m", "MAML-TRPO", 2_000_000.0, 2_000_000.0, None),
+        result("push-rl2", "RL²", 2_000_000.0),
+        result("tf-a", "RL² (transformer)", 4_800_000.0),
+        result("tf-b", "RL² (transformer)", 4_800_000.0),
+    ]
+    assert line_names(rows) == [
+        "MAML-TRPO, 0.500 M steps", "MAML-TRPO, 2.00 M steps", "RL²",
+        "RL² (transformer), tf-a", "RL² (transformer), tf-b",
+    ]  # fmt: skip
 
 
 def test_benchmark_evals_of_earlier_iterations_make_the_learning_curve(tiny):
