@@ -12,6 +12,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+import torch
 
 from metarl import evaluate as evaluate_cli
 from metarl import train as train_cli
@@ -80,8 +81,11 @@ def test_a_committed_run_resumes_for_one_iteration(run, tmp_path):
     if not full_checkpoints(run):
         pytest.skip("committed with a slim checkpoint only: it evaluates, it does not resume")
     copy = copy_run(run, tmp_path)
-    done = load_checkpoint(latest_checkpoint(copy))["iteration"] + 1
+    saved = load_checkpoint(latest_checkpoint(copy))
+    done = saved["iteration"] + 1
     args = ["--resume", str(copy), "--iterations", str(done + 1), "--eval-every", "0",
             "--quiet"]  # fmt: skip
+    if saved["config"].get("device") == "cuda" and not torch.cuda.is_available():
+        args += ["--device", "cpu"]  # trained on a GPU machine: what its error line asks for
     assert train_cli.main(args) == 0
     assert load_checkpoint(latest_checkpoint(copy))["iteration"] + 1 == done + 1
