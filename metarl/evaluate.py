@@ -677,9 +677,12 @@ def protocol_evaluation(args: argparse.Namespace, state: dict, config, path: Pat
         run.sampler.close()
     used = made["metaworld_calls"]["metaworld.evaluation.metalearning_evaluation"]["arguments"]
     steps = used["adaptation_steps"] * (1 if unit == "step" else used["adaptation_episodes"])
+    # an episode learner (RL², PEARL) is meta-tested on one trial per task, as it trained;
+    # without --episodes 1 evaluate would run episodes_per_task trials of it
+    trial = "" if unit == "step" else " --episodes 1"
     print(
         f"metarl's own meta-test, on all {pool_size(config, 'benchmark')} tasks of the "
-        f"benchmark's test set: python -m metarl.evaluate {run_dir} --adapt-steps {steps}"
+        f"benchmark's test set: python -m metarl.evaluate {run_dir} --adapt-steps {steps}{trial}"
     )
     return 0
 

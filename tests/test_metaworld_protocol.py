@@ -162,6 +162,9 @@ def test_protocol_on_a_tiny_run_records_every_argument_and_why_it_differs(runs, 
             assert why == CHANGED.get(name, why) and why != "unexplained", (name, why)
         assert set(CHANGED) & set(call["arguments"]) <= set(call["differ"])
     assert "metarl's own meta-test, on all 50 tasks of the benchmark's test set" in out
+    # one trial per task, as trained: 1 adaptation episode, then the scored one
+    own = f"python -m metarl.evaluate {run_dir} --adapt-steps 1 --episodes 1"
+    assert out.rstrip().endswith(own)
 
 
 def test_default_evaluate_of_an_ml1_run_meta_tests_all_50_test_goals(runs, monkeypatch):
