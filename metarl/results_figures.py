@@ -26,7 +26,7 @@ import numpy as np
 
 from metarl.plot_data import on_common_grid, summarise
 from metarl.results_runs import RowResult
-from metarl.results_tables import steps_text
+from metarl.results_tables import budget_cell
 from metarl.run_files import Series, env_steps_so_far, learning_series, progress_metrics
 
 DPI = 120
@@ -65,23 +65,17 @@ def seeds_text(n: int) -> str:
     return f"{n} seed{'' if n == 1 else 's'}"
 
 
-def steps_per_run(result: RowResult) -> str:
-    known = [seed.env_steps for seed in result.seeds if seed.env_steps is not None]
-    return f"{steps_text(float(np.mean(known)))} steps" if known else "?"
-
-
 def line_names(rows: Sequence[RowResult]) -> list[str]:
     """Each row's name in a figure's legend, one colour per name: its algorithm; where the
     algorithm has other rows in the figure, also its env steps per run (ML1 push's short
     budget runs beside its 2 M ones), or its row id where those match too."""
+    budgets = [budget_cell(None, [seed.env_steps for seed in r.seeds]) for r in rows]
     names = []
-    for result in rows:
-        same = [r for r in rows if r.row.algorithm == result.row.algorithm]
+    for result, budget in zip(rows, budgets):
+        same = [b for r, b in zip(rows, budgets) if r.row.algorithm == result.row.algorithm]
         name = result.row.algorithm
         if len(same) > 1:
-            steps = [steps_per_run(r) for r in same]
-            tie = steps.count(steps_per_run(result)) > 1
-            name += f", {result.row.id if tie else steps_per_run(result)}"
+            name += f", {result.row.id if same.count(budget) > 1 else budget}"
         names.append(name)
     return names
 
@@ -177,7 +171,9 @@ def family_figures(results: Sequence[RowResult]) -> list[FamilyFigure]:
         names = line_names(rows)
         notes: list[str] = []
         learning = [
-            found for r, name in zip(rows, names) if (found := learning_line(r, name, notes))
+            found
+            for r, name in zip(rows, names)
+            if (found := learning_line(r, name, notes)) is not None
         ]
         figures.append(
             FamilyFigure(
